@@ -1,0 +1,201 @@
+"""The `corral` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .app import App
+from .config import Settings
+from .errors import CorralError
+from .store import open_store
+from .store.base import RunStatus
+
+EXIT = {
+    RunStatus.SUCCEEDED: 0,
+    RunStatus.FAILED: 1,
+    RunStatus.CANCELLED: 3,
+    RunStatus.TIMED_OUT: 4,
+    RunStatus.LIMIT_EXCEEDED: 5,
+}
+
+
+def load_app(spec: str) -> App:
+    """`module.path:attribute` to the App it names."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"corral: expected MODULE:APP, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"corral: cannot import {module_name!r}: {exc}") from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise SystemExit(f"corral: {spec!r} is not a corral.App (got {type(app).__name__})")
+    return app
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"corral: {what} is not valid JSON: {exc}") from exc
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(os.environ, database_url=args.database_url)
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, default=str), flush=True)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    app.configure(database_url=args.database_url)
+    payload = _json_arg(args.input, "--input")
+    async with app:
+        run_id = await app.submit(args.agent, payload, session_id=args.session)
+        driver = asyncio.create_task(app.drive(run_id))
+        async for event in app.watch(run_id):
+            _print({"id": event.id, "event": event.type, "data": event.data})
+        result = await driver
+    _print({"run_id": result.run_id, "status": result.status.value, "output": result.output})
+    if not result.ok:
+        print(f"corral: run {result.run_id} ended {result.status.value}"
+              + (f": {result.error.get('message')}" if result.error else ""), file=sys.stderr)
+    return EXIT.get(result.status, 1)
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    app.configure(database_url=args.database_url)
+    async with app:
+        print(await app.submit(args.agent, _json_arg(args.input, "--input"), session_id=args.session), flush=True)
+    return 0
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    app.configure(database_url=args.database_url)
+    async with app:
+        worker = app.worker(args.concurrency)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        logging.getLogger("corral").info("worker %s: %d slot(s), agents %s, store %s", worker.id,
+                                         worker.concurrency, ", ".join(app.agent_names()), app.settings.database_url)
+        print(f"worker {worker.id} ready", flush=True)
+        await worker.run()
+    return 0
+
+
+def _ts(t: float | None) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S.%f")[:-3] if t else "-"
+
+
+async def cmd_runs_show(args: argparse.Namespace) -> int:
+    async with open_store(_settings(args)) as store:
+        run = await store.get_run(args.run_id)
+        steps = await store.list_steps(args.run_id)
+    timeline = [{
+        "seq": s.seq, "kind": s.kind.value, "name": s.name, "status": s.status.value, "attempt": s.attempt,
+        "started_at": s.started_at, "duration": (s.finished_at - s.started_at) if s.finished_at else None,
+        "error": s.error,
+    } for s in steps]
+    if args.json:
+        _print({"run_id": run.id, "session_id": run.session_id, "agent": run.agent, "status": run.status.value,
+                "attempts": run.attempt, "created_at": run.created_at, "finished_at": run.finished_at,
+                "output": run.output, "error": run.error, "steps": timeline})
+        return 0
+    print(f"run      {run.id}\nagent    {run.agent}\nsession  {run.session_id}\nstatus   {run.status.value}\n"
+          f"attempts {run.attempt}")
+    if run.error:
+        print(f"error    {run.error.get('type')}: {run.error.get('message')}"
+              + (f" (step {run.error['step']})" if run.error.get("step") else ""))
+    print(f"\n{'seq':<8} {'kind':<8} {'name':<24} {'start':<13} {'duration':>10}  {'status':<10} error")
+    for s in timeline:
+        dur = f"{s['duration'] * 1000:.1f}ms" if s["duration"] is not None else "-"
+        err = f"{s['error'].get('error_type')}: {s['error'].get('message')}" if s["error"] else ""
+        print(f"{s['seq']:<8} {s['kind']:<8} {s['name'][:24]:<24} {_ts(s['started_at']):<13} {dur:>10}  "
+              f"{s['status']:<10} {err}")
+    return 0
+
+
+async def cmd_message(args: argparse.Namespace) -> int:
+    payload = _json_arg(args.payload, "the message")
+    async with open_store(_settings(args)) as store:
+        from ._json import dumps
+
+        msg_id = await store.deliver_message(args.session_id, dumps(payload), None, time.time())
+    print(msg_id, flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default_db = os.environ.get("CORRAL_DATABASE_URL") or "sqlite:///./corral.db"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--database-url", default=default_db,
+                        help="store URL (default: $CORRAL_DATABASE_URL or sqlite:///./corral.db)")
+    parser = argparse.ArgumentParser(prog="corral", description="Corral: a durable runtime for LLM agents")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", parents=[common], help="run one run in this process, printing its events")
+    p.add_argument("app", help="MODULE:APP")
+    p.add_argument("agent")
+    p.add_argument("--input", default="null", help="the run's input as JSON")
+    p.add_argument("--session", default=None, help="session id (default: a new session)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("submit", parents=[common], help="queue a run for workers and print its id")
+    p.add_argument("app")
+    p.add_argument("agent")
+    p.add_argument("--input", default="null")
+    p.add_argument("--session", default=None)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("worker", parents=[common], help="execute queued runs until SIGTERM/SIGINT")
+    p.add_argument("app")
+    p.add_argument("--concurrency", type=int, default=None, help="runs at once (default: $CORRAL_CONCURRENCY or 10)")
+    p.set_defaults(func=cmd_worker)
+
+    runs = sub.add_parser("runs", help="inspect runs").add_subparsers(dest="runs_command", required=True)
+    p = runs.add_parser("show", parents=[common], help="status, attempts and the step timeline of a run")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs_show)
+
+    p = sub.add_parser("message", parents=[common], help="deliver a message to a session")
+    p.add_argument("session_id")
+    p.add_argument("payload", help="the message as JSON")
+    p.set_defaults(func=cmd_message)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(args.func(args))
+    except CorralError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The engine: runner (replay, steps, limits), worker (claims, slots, leases, drain), events."""

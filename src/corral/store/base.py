@@ -1,0 +1,263 @@
+"""The Store interface and the records that cross it.
+
+A Store is the one source of truth. Every write that belongs to a run attempt carries a `Fence`
+(run id + attempt) and is applied only while that attempt is current; otherwise it raises
+`LeaseLost` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"  # parked: sleeping or waiting for a message; holds no worker slot
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    LIMIT_EXCEEDED = "limit_exceeded"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in _ACTIVE
+
+
+_ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING})
+
+
+class StepKind(StrEnum):
+    STEP = "step"  # ctx.step(...)
+    CHAT = "chat"  # ctx.chat(...)
+    TOOL = "tool"  # ctx.call_tool(...)
+    SLEEP = "sleep"  # ctx.sleep(...)
+    MESSAGE = "message"  # ctx.wait_for_message(...)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"  # a wait that has begun and parked; its deadline is in `result`
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The claim a write is conditional on."""
+
+    run_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    session_id: str
+    tenant: str
+    principal: str | None
+    roles: tuple[str, ...]
+    agent: str
+    agent_version: str
+    input: Any
+    limits: dict[str, Any]
+    status: RunStatus
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempt: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    wake_at: float | None = None
+    time_used: float = 0.0
+    cancel_requested: bool = False
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    run_id: str
+    seq: str  # the step's position: "7", or "7.2.1" for a step inside a ctx.gather branch
+    kind: StepKind
+    name: str
+    input_hash: str
+    status: StepStatus
+    result_json: str | None  # the JSON text of the result; None for a failed step
+    error: dict[str, Any] | None
+    attempt: int
+    started_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing a run tells its watchers; `id` is strictly increasing within the run."""
+
+    run_id: str
+    id: int
+    type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    id: str
+    session_id: str
+    tenant: str
+    principal: str | None
+    roles: tuple[str, ...]
+    agent: str
+    agent_version: str
+    input_json: str
+    limits: dict[str, Any]
+    created_at: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run this worker now owns, with what it needs to replay it."""
+
+    run: RunRecord
+    steps: dict[str, StepRecord]
+    last_event_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    lost: frozenset[str]  # runs whose lease this worker no longer holds
+    cancel_requested: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: int
+    session_id: str
+    payload: Any
+    created_at: float
+
+
+class Store(abc.ABC):
+    """Durable state of sessions, runs, steps, events and messages."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[str], None]] = []
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(topic)` when work may have become available ("run", "message", "cancel").
+
+        SQLite tells listeners in this process only (other processes poll); PostgreSQL relays
+        the topics to every process with LISTEN/NOTIFY.
+        """
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[str], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self, topic: str) -> None:
+        for listener in self._listeners:
+            listener(topic)
+
+    # lifecycle -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # runs ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_run(self, run: NewRun) -> RunRecord:
+        """Insert a queued run (and its session if new)."""
+
+    @abc.abstractmethod
+    async def claim_runs(
+        self, owner: str, limit: int, agents: list[str], lease_seconds: float, now: float,
+        run_id: str | None = None,
+    ) -> list[Claim]:
+        """Claim up to `limit` runnable runs: queued, parked and due, or leased and expired.
+
+        A claim sets the owner and lease and increments `attempt`. At most one run of a session
+        is active at a time, in arrival order. With `run_id`, only that run is considered.
+        """
+
+    @abc.abstractmethod
+    async def renew_leases(self, owner: str, held: list[Fence], lease_seconds: float, now: float,
+                           time_used: dict[str, float]) -> Renewal:
+        """Extend the leases this worker holds; report the lost ones and the cancel requests."""
+
+    @abc.abstractmethod
+    async def record_step(self, fence: Fence, step: StepRecord, events: list[Event]) -> None:
+        """Write a step's record (and the events emitted since the last write), fenced."""
+
+    @abc.abstractmethod
+    async def append_events(self, fence: Fence, events: list[Event]) -> None:
+        """Write events outside a step write, fenced."""
+
+    @abc.abstractmethod
+    async def park_run(self, fence: Fence, wake_at: float | None, time_used: float, events: list[Event],
+                       waiting_for_message: bool) -> bool:
+        """Release the slot until `wake_at` (or a message). Returns False without parking when a
+        message for the session is already waiting, so the caller consumes it instead."""
+
+    @abc.abstractmethod
+    async def release_run(self, fence: Fence, time_used: float, events: list[Event]) -> None:
+        """Give the run back to the queue at once (graceful drain), keeping its journal."""
+
+    @abc.abstractmethod
+    async def finish_run(self, fence: Fence, status: RunStatus, output_json: str | None,
+                         error: dict[str, Any] | None, time_used: float, events: list[Event]) -> None:
+        """Write the terminal outcome and the final events in one transaction, fenced."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, run_id: str, tenant: str | None, now: float) -> RunRecord:
+        """Cancel a run: a queued or parked one ends at once, a running one is flagged for its worker."""
+
+    @abc.abstractmethod
+    async def get_run(self, run_id: str, tenant: str | None = None) -> RunRecord:
+        """The run, or RunNotFound (also when it belongs to another tenant)."""
+
+    @abc.abstractmethod
+    async def list_runs(self, *, session_id: str | None = None, status: RunStatus | None = None,
+                        tenant: str | None = None, limit: int = 100) -> list[RunRecord]: ...
+
+    @abc.abstractmethod
+    async def list_steps(self, run_id: str) -> list[StepRecord]: ...
+
+    @abc.abstractmethod
+    async def list_events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]: ...
+
+    # messages ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def deliver_message(self, session_id: str, payload_json: str, tenant: str | None,
+                              now: float) -> int:
+        """Queue a message for the session and wake its waiting run; returns the message id."""
+
+    @abc.abstractmethod
+    async def consume_message(self, fence: Fence, step: StepRecord, events: list[Event]) -> Message | None:
+        """Write `events`; then take the session's oldest unconsumed message and record its payload
+        as `step`'s result, in the same transaction. None when there is no message."""
+
+    # upkeep --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def prune(self, finished_before: float) -> int:
+        """Delete journals and events of runs finished before the time; returns runs pruned."""
+
+    @abc.abstractmethod
+    async def stats(self, now: float) -> dict[str, float]:
+        """Counts for the scaling signal and metrics: queued, running, waiting, oldest age."""
