@@ -67,8 +67,9 @@ class AgentFunction:
         return f"<agent {self.name} {self.version}>"
 
 
-def agent(fn: AgentFn | None = None, *, name: str | None = None, limits: Limits | None = None,
-          description: str | None = None) -> Any:
+def agent(
+    fn: AgentFn | None = None, *, name: str | None = None, limits: Limits | None = None, description: str | None = None
+) -> Any:
     """Register an async function `(ctx, input) -> output` as an agent."""
 
     def wrap(f: AgentFn) -> AgentFunction:
@@ -87,9 +88,17 @@ class Agent:
     `tool_errors="return"` (the default); with `"raise"` the run fails.
     """
 
-    def __init__(self, name: str, instructions: str = "", *, model: str = "default",
-                 tools: Sequence[Tool] = (), limits: Limits | None = None, tool_errors: str = "return",
-                 description: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        instructions: str = "",
+        *,
+        model: str = "default",
+        tools: Sequence[Tool] = (),
+        limits: Limits | None = None,
+        tool_errors: str = "return",
+        description: str = "",
+    ) -> None:
         if tool_errors not in ("return", "raise"):
             raise UserError("Agent.tool_errors must be 'return' or 'raise'")
         for t in tools:
@@ -103,8 +112,9 @@ class Agent:
         self.tool_errors = tool_errors
         self.description = description or instructions[:200]
         self._by_name = {t.name: t for t in self.tools}
-        self.version = stable_hash("agent", name, instructions, model, [t.spec.to_dict() for t in self.tools],
-                                   _source(Agent.execute))
+        self.version = stable_hash(
+            "agent", name, instructions, model, [t.spec.to_dict() for t in self.tools], _source(Agent.execute)
+        )
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} {self.version}>"

@@ -58,9 +58,16 @@ class App:
     app is opened, explicitly (`async with app:` / `await app.open()`) or by its first use.
     """
 
-    def __init__(self, agents: Iterable[AnyAgent] = (), *, models: Mapping[str, ChatModel] | None = None,
-                 tools: Iterable[Tool] = (), settings: Settings | None = None, store: Store | None = None,
-                 **overrides: Any) -> None:
+    def __init__(
+        self,
+        agents: Iterable[AnyAgent] = (),
+        *,
+        models: Mapping[str, ChatModel] | None = None,
+        tools: Iterable[Tool] = (),
+        settings: Settings | None = None,
+        store: Store | None = None,
+        **overrides: Any,
+    ) -> None:
         self.settings = settings.replace(**overrides) if settings else Settings.from_env(os.environ, **overrides)
         self._agents: dict[str, AnyAgent] = {}
         for a in agents:
@@ -150,21 +157,39 @@ class App:
             raise UserError(f"no tool named {name!r}") from None
 
     # runs ----------------------------------------------------------------------------------
-    async def submit(self, agent: str, input: Any = None, *, session_id: str | None = None,
-                     tenant: str | None = None, principal: str | None = None, roles: Iterable[str] = (),
-                     metadata: Mapping[str, Any] | None = None) -> str:
+    async def submit(
+        self,
+        agent: str,
+        input: Any = None,
+        *,
+        session_id: str | None = None,
+        tenant: str | None = None,
+        principal: str | None = None,
+        roles: Iterable[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
         """Queue a run for the workers; returns its id."""
         await self.open()
         spec = self.get_agent(agent)
         input_json = dumps(input, what="the run's input")
         if len(input_json) > self.settings.max_input_bytes:
-            raise PayloadTooLarge(f"input of {len(input_json)} bytes is over max_input_bytes",
-                                  size=len(input_json), limit=self.settings.max_input_bytes)
+            raise PayloadTooLarge(
+                f"input of {len(input_json)} bytes is over max_input_bytes",
+                size=len(input_json),
+                limit=self.settings.max_input_bytes,
+            )
         run = NewRun(
-            id=str(uuid.uuid4()), session_id=session_id or str(uuid.uuid4()),
-            tenant=tenant or self.settings.tenant, principal=principal, roles=tuple(roles), agent=spec.name,
-            agent_version=spec.version, input_json=input_json, limits=spec.limits.to_dict(),
-            created_at=time.time(), metadata=dict(metadata or {}),
+            id=str(uuid.uuid4()),
+            session_id=session_id or str(uuid.uuid4()),
+            tenant=tenant or self.settings.tenant,
+            principal=principal,
+            roles=tuple(roles),
+            agent=spec.name,
+            agent_version=spec.version,
+            input_json=input_json,
+            limits=spec.limits.to_dict(),
+            created_at=time.time(),
+            metadata=dict(metadata or {}),
         )
         return (await self.store.create_run(run)).id
 

@@ -73,8 +73,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
         result = await driver
     _print({"run_id": result.run_id, "status": result.status.value, "output": result.output})
     if not result.ok:
-        print(f"corral: run {result.run_id} ended {result.status.value}"
-              + (f": {result.error.get('message')}" if result.error else ""), file=sys.stderr)
+        print(
+            f"corral: run {result.run_id} ended {result.status.value}"
+            + (f": {result.error.get('message')}" if result.error else ""),
+            file=sys.stderr,
+        )
     return EXIT.get(result.status, 1)
 
 
@@ -94,8 +97,13 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
-        logging.getLogger("corral").info("worker %s: %d slot(s), agents %s, store %s", worker.id,
-                                         worker.concurrency, ", ".join(app.agent_names()), app.settings.database_url)
+        logging.getLogger("corral").info(
+            "worker %s: %d slot(s), agents %s, store %s",
+            worker.id,
+            worker.concurrency,
+            ", ".join(app.agent_names()),
+            app.settings.database_url,
+        )
         print(f"worker {worker.id} ready", flush=True)
         await worker.run()
     return 0
@@ -109,27 +117,52 @@ async def cmd_runs_show(args: argparse.Namespace) -> int:
     async with open_store(_settings(args)) as store:
         run = await store.get_run(args.run_id)
         steps = await store.list_steps(args.run_id)
-    timeline = [{
-        "seq": s.seq, "kind": s.kind.value, "name": s.name, "status": s.status.value, "attempt": s.attempt,
-        "started_at": s.started_at, "duration": (s.finished_at - s.started_at) if s.finished_at else None,
-        "error": s.error,
-    } for s in steps]
+    timeline = [
+        {
+            "seq": s.seq,
+            "kind": s.kind.value,
+            "name": s.name,
+            "status": s.status.value,
+            "attempt": s.attempt,
+            "started_at": s.started_at,
+            "duration": (s.finished_at - s.started_at) if s.finished_at else None,
+            "error": s.error,
+        }
+        for s in steps
+    ]
     if args.json:
-        _print({"run_id": run.id, "session_id": run.session_id, "agent": run.agent, "status": run.status.value,
-                "attempts": run.attempt, "created_at": run.created_at, "finished_at": run.finished_at,
-                "output": run.output, "error": run.error, "steps": timeline})
+        _print(
+            {
+                "run_id": run.id,
+                "session_id": run.session_id,
+                "agent": run.agent,
+                "status": run.status.value,
+                "attempts": run.attempt,
+                "created_at": run.created_at,
+                "finished_at": run.finished_at,
+                "output": run.output,
+                "error": run.error,
+                "steps": timeline,
+            }
+        )
         return 0
-    print(f"run      {run.id}\nagent    {run.agent}\nsession  {run.session_id}\nstatus   {run.status.value}\n"
-          f"attempts {run.attempt}")
+    print(
+        f"run      {run.id}\nagent    {run.agent}\nsession  {run.session_id}\nstatus   {run.status.value}\n"
+        f"attempts {run.attempt}"
+    )
     if run.error:
-        print(f"error    {run.error.get('type')}: {run.error.get('message')}"
-              + (f" (step {run.error['step']})" if run.error.get("step") else ""))
+        print(
+            f"error    {run.error.get('type')}: {run.error.get('message')}"
+            + (f" (step {run.error['step']})" if run.error.get("step") else "")
+        )
     print(f"\n{'seq':<8} {'kind':<8} {'name':<24} {'start':<13} {'duration':>10}  {'status':<10} error")
     for s in timeline:
         dur = f"{s['duration'] * 1000:.1f}ms" if s["duration"] is not None else "-"
         err = f"{s['error'].get('error_type')}: {s['error'].get('message')}" if s["error"] else ""
-        print(f"{s['seq']:<8} {s['kind']:<8} {s['name'][:24]:<24} {_ts(s['started_at']):<13} {dur:>10}  "
-              f"{s['status']:<10} {err}")
+        print(
+            f"{s['seq']:<8} {s['kind']:<8} {s['name'][:24]:<24} {_ts(s['started_at']):<13} {dur:>10}  "
+            f"{s['status']:<10} {err}"
+        )
     return 0
 
 
@@ -146,8 +179,9 @@ async def cmd_message(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     default_db = os.environ.get("CORRAL_DATABASE_URL") or "sqlite:///./corral.db"
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--database-url", default=default_db,
-                        help="store URL (default: $CORRAL_DATABASE_URL or sqlite:///./corral.db)")
+    common.add_argument(
+        "--database-url", default=default_db, help="store URL (default: $CORRAL_DATABASE_URL or sqlite:///./corral.db)"
+    )
     parser = argparse.ArgumentParser(prog="corral", description="Corral: a durable runtime for LLM agents")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return asyncio.run(args.func(args))
     except CorralError as exc:

@@ -76,5 +76,3 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
         return raw
     except ValueError as exc:
         raise ConfigError(f"CORRAL_{name.upper()}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
-
-

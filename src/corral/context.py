@@ -86,12 +86,19 @@ class Context:
             result = await asyncio.to_thread(fn, *args, **kwargs)
             return await result if inspect.isawaitable(result) else result
 
-        return StepCall(seq, rt.run_step(seq, StepKind.STEP, name, input_hash, looping, execute,
-                                         timeout=rt.limits.step_timeout))
+        return StepCall(
+            seq, rt.run_step(seq, StepKind.STEP, name, input_hash, looping, execute, timeout=rt.limits.step_timeout)
+        )
 
-    def chat(self, messages: Iterable[Message | Mapping[str, Any] | str], *, model: str = "default",
-             tools: Iterable[Tool | ToolSpec] = (), response_format: dict[str, Any] | None = None,
-             **params: Any) -> StepCall[ChatResponse]:
+    def chat(
+        self,
+        messages: Iterable[Message | Mapping[str, Any] | str],
+        *,
+        model: str = "default",
+        tools: Iterable[Tool | ToolSpec] = (),
+        response_format: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> StepCall[ChatResponse]:
         """A journaled LLM call on the model route `model`. Tokens stream to watchers as they come
         (first execution only); the complete response is recorded, and replay returns it."""
         rt = self._rt
@@ -119,14 +126,19 @@ class Context:
         checked = t.validate(arguments)
         input_hash = stable_hash(t.name, arguments)
         seq, looping = rt.allocate(StepKind.TOOL, t.name, input_hash)
-        timeout = min(x for x in (t.timeout, rt.limits.step_timeout) if x) if (t.timeout or rt.limits.step_timeout) \
-            else None
+        timeout = (
+            min(x for x in (t.timeout, rt.limits.step_timeout) if x) if (t.timeout or rt.limits.step_timeout) else None
+        )
 
         async def execute() -> Any:
             return await t.invoke(**checked)
 
-        return StepCall(seq, rt.run_step(seq, StepKind.TOOL, t.name, input_hash, looping, execute,
-                                         timeout=timeout, max_bytes=t.max_output_bytes))
+        return StepCall(
+            seq,
+            rt.run_step(
+                seq, StepKind.TOOL, t.name, input_hash, looping, execute, timeout=timeout, max_bytes=t.max_output_bytes
+            ),
+        )
 
     def sleep(self, seconds: float) -> StepCall[None]:
         """Sleep durably. A sleep of at least `park_threshold` seconds parks the run: it releases

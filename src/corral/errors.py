@@ -1,26 +1,26 @@
 """Corral's one error tree, split by audience.
 
-    CorralError                    catchable errors (``except CorralError``)
-    ├── UserError                  a mistake of the developer using Corral: fix the code or config
-    │   ├── ConfigError            a setting is missing or malformed
-    │   ├── AgentNotFound          no agent of that name is registered
-    │   ├── NotSerializable        a step result, input or output is not JSON
-    │   └── ToolDefinitionError    a tool's signature cannot become a JSON schema
-    ├── RunError                   something inside a run went wrong; carries run id and step
-    │   ├── StepError              a journaled step raised; replay raises the same StepError
-    │   │   └── StepTimeout        a step ran past its timeout
-    │   ├── ToolNotAllowed         the run's principal lacks a role the tool requires
-    │   └── PayloadTooLarge        a result or event is over its byte limit
-    ├── ProviderError              an LLM provider failed (``retryable``, ``status``, ``retry_after``)
-    └── StoreError                 the store failed or refused
-        ├── RunNotFound            no run with that id (in that tenant)
-        └── SessionNotFound        no session with that id (in that tenant)
+CorralError                    catchable errors (``except CorralError``)
+├── UserError                  a mistake of the developer using Corral: fix the code or config
+│   ├── ConfigError            a setting is missing or malformed
+│   ├── AgentNotFound          no agent of that name is registered
+│   ├── NotSerializable        a step result, input or output is not JSON
+│   └── ToolDefinitionError    a tool's signature cannot become a JSON schema
+├── RunError                   something inside a run went wrong; carries run id and step
+│   ├── StepError              a journaled step raised; replay raises the same StepError
+│   │   └── StepTimeout        a step ran past its timeout
+│   ├── ToolNotAllowed         the run's principal lacks a role the tool requires
+│   └── PayloadTooLarge        a result or event is over its byte limit
+├── ProviderError              an LLM provider failed (``retryable``, ``status``, ``retry_after``)
+└── StoreError                 the store failed or refused
+    ├── RunNotFound            no run with that id (in that tenant)
+    └── SessionNotFound        no session with that id (in that tenant)
 
-    RunInterrupt (BaseException)   stops a run; ``except Exception`` in agent code cannot swallow it
-    ├── RunCancelled               the run was cancelled
-    ├── LimitExceeded              a limit stopped the run (``limit`` and ``step`` name which)
-    ├── NonDeterminismError        replay met a step that differs from the journal
-    └── LeaseLost                  this worker no longer owns the run (fenced out); it abandons it
+RunInterrupt (BaseException)   stops a run; ``except Exception`` in agent code cannot swallow it
+├── RunCancelled               the run was cancelled
+├── LimitExceeded              a limit stopped the run (``limit`` and ``step`` name which)
+├── NonDeterminismError        replay met a step that differs from the journal
+└── LeaseLost                  this worker no longer owns the run (fenced out); it abandons it
 """
 
 from __future__ import annotations
@@ -99,8 +99,15 @@ class PayloadTooLarge(RunError):
 class ProviderError(CorralError):
     """An LLM provider failed; `retryable` says whether the same call may succeed if repeated."""
 
-    def __init__(self, message: str, *, provider: str, retryable: bool = True, status: int | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        retryable: bool = True,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.provider = provider
         self.retryable = retryable

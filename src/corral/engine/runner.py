@@ -127,8 +127,9 @@ class Runner:
 
     def emit(self, type_: str, data: dict[str, Any], *, force: bool = False) -> None:
         if not force and self._next_event > self.settings.max_events_per_run:
-            raise LimitExceeded("max_events_per_run", step=None,
-                                detail=f"more than {self.settings.max_events_per_run} events")
+            raise LimitExceeded(
+                "max_events_per_run", step=None, detail=f"more than {self.settings.max_events_per_run} events"
+            )
         event = Event(self.run.id, self._next_event, type_, data)
         self._next_event += 1
         self._pending.append(event)
@@ -158,16 +159,25 @@ class Runner:
         run = self.run
         try:
             if run.cancel_requested:
-                return await self._finish(RunStatus.CANCELLED, None,
-                                          {"type": "RunCancelled", "message": "cancelled", "step": None})
+                return await self._finish(
+                    RunStatus.CANCELLED, None, {"type": "RunCancelled", "message": "cancelled", "step": None}
+                )
             if run.agent_version != self.agent.version and self.settings.on_version_change is VersionPolicy.FAIL:
-                return await self._finish(RunStatus.FAILED, None, {
-                    "type": "VersionMismatch", "step": None,
-                    "message": f"run recorded agent version {run.agent_version}, this worker has "
-                               f"{self.agent.version} (on_version_change=fail)"})
+                return await self._finish(
+                    RunStatus.FAILED,
+                    None,
+                    {
+                        "type": "VersionMismatch",
+                        "step": None,
+                        "message": f"run recorded agent version {run.agent_version}, this worker has "
+                        f"{self.agent.version} (on_version_change=fail)",
+                    },
+                )
             if self._next_event == 1:
-                self.emit("metadata", {"run_id": run.id, "session_id": run.session_id, "agent": run.agent,
-                                       "attempt": run.attempt})
+                self.emit(
+                    "metadata",
+                    {"run_id": run.id, "session_id": run.session_id, "agent": run.agent, "attempt": run.attempt},
+                )
             timer = None
             if self.limits.run_timeout:
                 remaining = self.limits.run_timeout - run.time_used
@@ -192,8 +202,9 @@ class Runner:
 
         self._reset()
         ctx = Context(self)
-        self._task = task = asyncio.create_task(self.agent.execute(ctx, self.run.input),
-                                                name=f"corral-run-{self.run.id}")
+        self._task = task = asyncio.create_task(
+            self.agent.execute(ctx, self.run.input), name=f"corral-run-{self.run.id}"
+        )
         if self._stop_reason is not None:
             task.cancel()
         try:
@@ -209,39 +220,64 @@ class Runner:
         try:
             output_json = dumps(output, what=f"the output of agent {self.run.agent}")
         except NotSerializable as exc:
-            return await self._finish(RunStatus.FAILED, None, {"type": "NotSerializable", "message": str(exc),
-                                                               "step": None})
+            return await self._finish(
+                RunStatus.FAILED, None, {"type": "NotSerializable", "message": str(exc), "step": None}
+            )
         return await self._finish(RunStatus.SUCCEEDED, output_json, None, output)
 
     async def _ended_by(self, exc: BaseException) -> Outcome | None:
         if self._stop_reason is not None and not isinstance(exc, (LeaseLost, Abandon)):
             return await self._stopped()
         if isinstance(exc, Park):
-            parked = await self._write(self.store.park_run(self.fence, exc.wake_at, self.time_used(),
-                                                           self._take_events(), exc.message))
+            parked = await self._write(
+                self.store.park_run(self.fence, exc.wake_at, self.time_used(), self._take_events(), exc.message)
+            )
             return Outcome.PARKED if parked else None
         if isinstance(exc, Release):
             return await self._release()
         if isinstance(exc, (LeaseLost, Abandon)):
             raise exc
         if isinstance(exc, RunCancelled):
-            return await self._finish(RunStatus.CANCELLED, None, {"type": "RunCancelled", "message": str(exc),
-                                                                  "step": None})
+            return await self._finish(
+                RunStatus.CANCELLED, None, {"type": "RunCancelled", "message": str(exc), "step": None}
+            )
         if isinstance(exc, LimitExceeded):
-            return await self._finish(RunStatus.LIMIT_EXCEEDED, None, {
-                "type": "LimitExceeded", "limit": exc.limit, "step": exc.step, "message": str(exc)})
+            return await self._finish(
+                RunStatus.LIMIT_EXCEEDED,
+                None,
+                {"type": "LimitExceeded", "limit": exc.limit, "step": exc.step, "message": str(exc)},
+            )
         if isinstance(exc, NonDeterminismError):
-            return await self._finish(RunStatus.FAILED, None, {
-                "type": "NonDeterminismError", "step": exc.step, "seq": exc.seq, "recorded": exc.recorded,
-                "current": exc.current, "message": str(exc)})
+            return await self._finish(
+                RunStatus.FAILED,
+                None,
+                {
+                    "type": "NonDeterminismError",
+                    "step": exc.step,
+                    "seq": exc.seq,
+                    "recorded": exc.recorded,
+                    "current": exc.current,
+                    "message": str(exc),
+                },
+            )
         if isinstance(exc, StepTimeout):
-            return await self._finish(RunStatus.TIMED_OUT, None, {
-                "type": "StepTimeout", "limit": "step_timeout", "step": exc.step, "message": str(exc)})
+            return await self._finish(
+                RunStatus.TIMED_OUT,
+                None,
+                {"type": "StepTimeout", "limit": "step_timeout", "step": exc.step, "message": str(exc)},
+            )
         if isinstance(exc, Exception):
-            return await self._finish(RunStatus.FAILED, None, {
-                "type": type(exc).__name__, "message": str(exc), "step": getattr(exc, "step", None),
-                "error_type": getattr(exc, "error_type", None),
-                "traceback": "".join(traceback.format_exception(exc, limit=-8))[-4000:]})
+            return await self._finish(
+                RunStatus.FAILED,
+                None,
+                {
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "step": getattr(exc, "step", None),
+                    "error_type": getattr(exc, "error_type", None),
+                    "traceback": "".join(traceback.format_exception(exc, limit=-8))[-4000:],
+                },
+            )
         raise exc  # KeyboardInterrupt, SystemExit: not ours to record
 
     async def _stopped(self) -> Outcome:
@@ -252,23 +288,30 @@ class Runner:
         if reason == "drain":
             return await self._release()
         if reason == "cancel":
-            return await self._finish(RunStatus.CANCELLED, None, {
-                "type": "RunCancelled", "message": "cancelled while running", "step": steps})
+            return await self._finish(
+                RunStatus.CANCELLED, None, {"type": "RunCancelled", "message": "cancelled while running", "step": steps}
+            )
         return await self._finish(RunStatus.TIMED_OUT, None, self._timeout_error(steps))
 
     def _timeout_error(self, steps: str | None = None) -> dict[str, Any]:
-        return {"type": "RunTimeout", "limit": "run_timeout", "step": steps,
-                "message": f"run exceeded run_timeout={self.limits.run_timeout}s"}
+        return {
+            "type": "RunTimeout",
+            "limit": "run_timeout",
+            "step": steps,
+            "message": f"run exceeded run_timeout={self.limits.run_timeout}s",
+        }
 
     async def _release(self) -> Outcome:
         await self._write(self.store.release_run(self.fence, self.time_used(), self._take_events()))
         return Outcome.RELEASED
 
-    async def _finish(self, status: RunStatus, output_json: str | None, error: dict[str, Any] | None,
-                      output: Any = None) -> Outcome:
+    async def _finish(
+        self, status: RunStatus, output_json: str | None, error: dict[str, Any] | None, output: Any = None
+    ) -> Outcome:
         self.emit("end", {"status": status.value, "output": output, "error": error}, force=True)
-        await self._write(self.store.finish_run(self.fence, status, output_json, error, self.time_used(),
-                                                self._take_events()))
+        await self._write(
+            self.store.finish_run(self.fence, status, output_json, error, self.time_used(), self._take_events())
+        )
         self.status = status
         return Outcome.FINISHED
 
@@ -316,7 +359,8 @@ class Runner:
             raise NonDeterminismError(
                 seq,
                 {"kind": rec.kind.value, "name": rec.name, "input_hash": rec.input_hash},
-                {"kind": kind.value, "name": name, "input_hash": input_hash})
+                {"kind": kind.value, "name": name, "input_hash": input_hash},
+            )
 
     def _boundary(self, label: str) -> None:
         if self.cancel_requested:
@@ -330,13 +374,25 @@ class Runner:
         if self.limits.max_steps and self._steps > self.limits.max_steps:
             raise LimitExceeded("max_steps", step=label, detail=f"max_steps={self.limits.max_steps}")
         if looping:
-            raise LimitExceeded("loop_threshold", step=label,
-                                detail=f"{name} repeated with the same arguments {self._streak} times in a row")
+            raise LimitExceeded(
+                "loop_threshold",
+                step=label,
+                detail=f"{name} repeated with the same arguments {self._streak} times in a row",
+            )
 
-    async def run_step(self, seq: str, kind: StepKind, name: str, input_hash: str, looping: bool,
-                       execute: Callable[[], Awaitable[Any]], *, timeout: float | None,
-                       max_bytes: int | None = None,
-                       on_result: Callable[[Any, str], None] | None = None) -> Any:
+    async def run_step(
+        self,
+        seq: str,
+        kind: StepKind,
+        name: str,
+        input_hash: str,
+        looping: bool,
+        execute: Callable[[], Awaitable[Any]],
+        *,
+        timeout: float | None,
+        max_bytes: int | None = None,
+        on_result: Callable[[Any, str], None] | None = None,
+    ) -> Any:
         rec = self.journal.get(seq)
         label = f"#{seq} {kind.value}:{name}"
         if rec is not None:
@@ -360,8 +416,9 @@ class Runner:
                 value = await execute()
         except TimeoutError as exc:
             if isinstance(timer, asyncio.Timeout) and timer.expired():
-                err: StepError = StepTimeout(f"no result within {timeout}s", error_type="StepTimeout",
-                                             step=label, run_id=self.run.id)
+                err: StepError = StepTimeout(
+                    f"no result within {timeout}s", error_type="StepTimeout", step=label, run_id=self.run.id
+                )
                 await self._record_failure(seq, kind, name, input_hash, started, err)
                 raise err from None
             await self._record_failure(seq, kind, name, input_hash, started, self._step_error(exc, label))
@@ -376,19 +433,43 @@ class Runner:
         result_json = dumps(value, what=f"the result of step {label}")
         limit = max_bytes or self.settings.max_step_result_bytes
         if len(result_json) > limit:
-            err = StepError(f"result of {len(result_json)} bytes is over the limit of {limit}",
-                            error_type="PayloadTooLarge", step=label, run_id=self.run.id)
+            err = StepError(
+                f"result of {len(result_json)} bytes is over the limit of {limit}",
+                error_type="PayloadTooLarge",
+                step=label,
+                run_id=self.run.id,
+            )
             await self._record_failure(seq, kind, name, input_hash, started, err)
             raise err
         self._journal_bytes += len(result_json)
         if self._journal_bytes > self.settings.max_journal_bytes:
-            raise LimitExceeded("max_journal_bytes", step=label,
-                                detail=f"journal over {self.settings.max_journal_bytes} bytes")
+            raise LimitExceeded(
+                "max_journal_bytes", step=label, detail=f"journal over {self.settings.max_journal_bytes} bytes"
+            )
         finished = time.time()
-        self.emit("step", {"seq": seq, "kind": kind.value, "name": name, "status": "completed",
-                           "duration": round(finished - started, 6)})
-        rec = StepRecord(self.run.id, seq, kind, name, input_hash, StepStatus.COMPLETED, result_json, None,
-                         self.run.attempt, started, finished)
+        self.emit(
+            "step",
+            {
+                "seq": seq,
+                "kind": kind.value,
+                "name": name,
+                "status": "completed",
+                "duration": round(finished - started, 6),
+            },
+        )
+        rec = StepRecord(
+            self.run.id,
+            seq,
+            kind,
+            name,
+            input_hash,
+            StepStatus.COMPLETED,
+            result_json,
+            None,
+            self.run.attempt,
+            started,
+            finished,
+        )
         await self._write(self.store.record_step(self.fence, rec, self._take_events()))
         self.journal[seq] = rec
         if on_result is not None:
@@ -401,22 +482,48 @@ class Runner:
     def _replayed_error(self, rec: StepRecord) -> StepError:
         e = rec.error or {}
         cls = StepTimeout if e.get("type") == "StepTimeout" else StepError
-        return cls(e.get("message", ""), error_type=e.get("error_type", "Exception"), step=e.get("step", rec.seq),
-                   run_id=self.run.id)
+        return cls(
+            e.get("message", ""),
+            error_type=e.get("error_type", "Exception"),
+            step=e.get("step", rec.seq),
+            run_id=self.run.id,
+        )
 
-    async def _record_failure(self, seq: str, kind: StepKind, name: str, input_hash: str, started: float,
-                              err: StepError) -> None:
+    async def _record_failure(
+        self, seq: str, kind: StepKind, name: str, input_hash: str, started: float, err: StepError
+    ) -> None:
         finished = time.time()
         error = {"type": type(err).__name__, "error_type": err.error_type, "message": err.args[0], "step": err.step}
-        self.emit("step", {"seq": seq, "kind": kind.value, "name": name, "status": "failed",
-                           "duration": round(finished - started, 6), "error": error})
-        rec = StepRecord(self.run.id, seq, kind, name, input_hash, StepStatus.FAILED, None, error,
-                         self.run.attempt, started, finished)
+        self.emit(
+            "step",
+            {
+                "seq": seq,
+                "kind": kind.value,
+                "name": name,
+                "status": "failed",
+                "duration": round(finished - started, 6),
+                "error": error,
+            },
+        )
+        rec = StepRecord(
+            self.run.id,
+            seq,
+            kind,
+            name,
+            input_hash,
+            StepStatus.FAILED,
+            None,
+            error,
+            self.run.attempt,
+            started,
+            finished,
+        )
         await self._write(self.store.record_step(self.fence, rec, self._take_events()))
         self.journal[seq] = rec
 
-    async def chat_step(self, seq: str, route: str, model: ChatModel, request: ChatRequest,
-                        input_hash: str) -> ChatResponse:
+    async def chat_step(
+        self, seq: str, route: str, model: ChatModel, request: ChatRequest, input_hash: str
+    ) -> ChatResponse:
         label = f"#{seq} chat:{route}"
         limits = self.limits
 
@@ -434,8 +541,11 @@ class Runner:
                     repeats = repeats + 1 if chunk and chunk == last else 1
                     last = chunk
                     if limits.max_repeated_chunks and repeats >= limits.max_repeated_chunks:
-                        raise LimitExceeded("max_repeated_chunks", step=label,
-                                            detail=f"the chunk {chunk[:40]!r} streamed {repeats} times in a row")
+                        raise LimitExceeded(
+                            "max_repeated_chunks",
+                            step=label,
+                            detail=f"the chunk {chunk[:40]!r} streamed {repeats} times in a row",
+                        )
                 else:
                     final = item
             if final is None:
@@ -446,11 +556,13 @@ class Runner:
             usage = value.get("usage") or {}
             self._tokens += int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
             if limits.max_total_tokens and self._tokens > limits.max_total_tokens:
-                raise LimitExceeded("max_total_tokens", step=label,
-                                    detail=f"{self._tokens} tokens used of {limits.max_total_tokens}")
+                raise LimitExceeded(
+                    "max_total_tokens", step=label, detail=f"{self._tokens} tokens used of {limits.max_total_tokens}"
+                )
 
-        value = await self.run_step(seq, StepKind.CHAT, route, input_hash, False, execute,
-                                    timeout=limits.step_timeout, on_result=count)
+        value = await self.run_step(
+            seq, StepKind.CHAT, route, input_hash, False, execute, timeout=limits.step_timeout, on_result=count
+        )
         return ChatResponse.from_dict(value)
 
     async def sleep_step(self, seq: str, seconds: float, input_hash: str) -> None:
@@ -481,25 +593,35 @@ class Runner:
             self._count_live_step(label, False, name)
             started = time.time()
             deadline = started + timeout if timeout is not None else None
-        done = StepRecord(self.run.id, seq, kind, name, input_hash, StepStatus.COMPLETED, None, None,
-                          self.run.attempt, started, time.time())
+        done = StepRecord(
+            self.run.id,
+            seq,
+            kind,
+            name,
+            input_hash,
+            StepStatus.COMPLETED,
+            None,
+            None,
+            self.run.attempt,
+            started,
+            time.time(),
+        )
         message = await self._write(self.store.consume_message(self.fence, done, self._take_events()))
         if message is not None:
             self.journal[seq] = replace(done, result_json=dumps(message.payload))
             self.emit("step", {"seq": seq, "kind": kind.value, "name": name, "status": "completed"})
             return message.payload
         if deadline is not None and time.time() >= deadline:
-            self.emit("step", {"seq": seq, "kind": kind.value, "name": name, "status": "completed",
-                               "timed_out": True})
+            self.emit("step", {"seq": seq, "kind": kind.value, "name": name, "status": "completed", "timed_out": True})
             timed_out = replace(done, result_json="null", finished_at=time.time())
             await self._write(self.store.record_step(self.fence, timed_out, self._take_events()))
             self.journal[seq] = timed_out
             return None
         if rec is None:
-            self.emit("step", {"seq": seq, "kind": kind.value, "name": name, "status": "waiting",
-                               "deadline": deadline})
-            pending = replace(done, status=StepStatus.PENDING, result_json=dumps({"deadline": deadline}),
-                              finished_at=None)
+            self.emit("step", {"seq": seq, "kind": kind.value, "name": name, "status": "waiting", "deadline": deadline})
+            pending = replace(
+                done, status=StepStatus.PENDING, result_json=dumps({"deadline": deadline}), finished_at=None
+            )
             await self._write(self.store.record_step(self.fence, pending, self._take_events()))
             self.journal[seq] = pending
         raise Park(deadline, message=True)

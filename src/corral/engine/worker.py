@@ -34,8 +34,9 @@ class Worker:
     another worker resumes the runs at once. `burst=True` returns when nothing is left to do.
     """
 
-    def __init__(self, app: App, *, concurrency: int | None = None, worker_id: str | None = None,
-                 only: str | None = None) -> None:
+    def __init__(
+        self, app: App, *, concurrency: int | None = None, worker_id: str | None = None, only: str | None = None
+    ) -> None:
         self.app = app
         self.only = only  # drive just this run, and return when it has ended
         self.concurrency = concurrency or app.settings.concurrency
@@ -72,8 +73,9 @@ class Worker:
                 free = self.concurrency - len(self.active)
                 if free > 0:
                     try:
-                        claims = await app.store.claim_runs(self.id, min(free, 64), agents,
-                                                            settings.lease_seconds, time.time(), self.only)
+                        claims = await app.store.claim_runs(
+                            self.id, min(free, 64), agents, settings.lease_seconds, time.time(), self.only
+                        )
                     except StoreError as exc:
                         log.warning("claim failed, will retry: %s", exc)
                         claims = []
@@ -139,8 +141,12 @@ class Worker:
             runners = list(self.active.values())
             try:
                 renewal = await self.app.store.renew_leases(
-                    self.id, [r.fence for r in runners], settings.lease_seconds, time.time(),
-                    {r.run.id: r.time_used() for r in runners})
+                    self.id,
+                    [r.fence for r in runners],
+                    settings.lease_seconds,
+                    time.time(),
+                    {r.run.id: r.time_used() for r in runners},
+                )
             except StoreError as exc:
                 log.warning("lease renewal failed: %s", exc)
                 continue

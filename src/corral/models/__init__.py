@@ -3,5 +3,16 @@
 from .base import ChatModel, ChatRequest, ChatResponse, Delta, Message, Role, ToolCall, ToolSpec, Usage
 from .sim import SimModel, SimReply
 
-__all__ = ["ChatModel", "ChatRequest", "ChatResponse", "Delta", "Message", "Role", "SimModel", "SimReply",
-           "ToolCall", "ToolSpec", "Usage"]
+__all__ = [
+    "ChatModel",
+    "ChatRequest",
+    "ChatResponse",
+    "Delta",
+    "Message",
+    "Role",
+    "SimModel",
+    "SimReply",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+]

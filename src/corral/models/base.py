@@ -70,8 +70,11 @@ class Message:
         role = value.get("role") or value.get("type")
         role = {"human": "user", "ai": "assistant", "developer": "system"}.get(role, role)
         calls = tuple(
-            ToolCall(c.get("id", ""), c.get("name") or c.get("function", {}).get("name", ""),
-                     c.get("arguments") if isinstance(c.get("arguments"), dict) else c.get("args", {}))
+            ToolCall(
+                c.get("id", ""),
+                c.get("name") or c.get("function", {}).get("name", ""),
+                c.get("arguments") if isinstance(c.get("arguments"), dict) else c.get("args", {}),
+            )
             for c in value.get("tool_calls") or ()
         )
         content = value.get("content", "")

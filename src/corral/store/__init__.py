@@ -23,5 +23,16 @@ def open_store(settings: Settings) -> Store:
     raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://...")
 
 
-__all__ = ["Claim", "Event", "Fence", "NewRun", "RunRecord", "RunStatus", "StepKind", "StepRecord",
-           "StepStatus", "Store", "open_store"]
+__all__ = [
+    "Claim",
+    "Event",
+    "Fence",
+    "NewRun",
+    "RunRecord",
+    "RunStatus",
+    "StepKind",
+    "StepRecord",
+    "StepStatus",
+    "Store",
+    "open_store",
+]

@@ -187,7 +187,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim_runs(
-        self, owner: str, limit: int, agents: list[str], lease_seconds: float, now: float,
+        self,
+        owner: str,
+        limit: int,
+        agents: list[str],
+        lease_seconds: float,
+        now: float,
         run_id: str | None = None,
     ) -> list[Claim]:
         """Claim up to `limit` runnable runs: queued, parked and due, or leased and expired.
@@ -197,8 +202,9 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def renew_leases(self, owner: str, held: list[Fence], lease_seconds: float, now: float,
-                           time_used: dict[str, float]) -> Renewal:
+    async def renew_leases(
+        self, owner: str, held: list[Fence], lease_seconds: float, now: float, time_used: dict[str, float]
+    ) -> Renewal:
         """Extend the leases this worker holds; report the lost ones and the cancel requests."""
 
     @abc.abstractmethod
@@ -210,8 +216,9 @@ class Store(abc.ABC):
         """Write events outside a step write, fenced."""
 
     @abc.abstractmethod
-    async def park_run(self, fence: Fence, wake_at: float | None, time_used: float, events: list[Event],
-                       waiting_for_message: bool) -> bool:
+    async def park_run(
+        self, fence: Fence, wake_at: float | None, time_used: float, events: list[Event], waiting_for_message: bool
+    ) -> bool:
         """Release the slot until `wake_at` (or a message). Returns False without parking when a
         message for the session is already waiting, so the caller consumes it instead."""
 
@@ -220,8 +227,15 @@ class Store(abc.ABC):
         """Give the run back to the queue at once (graceful drain), keeping its journal."""
 
     @abc.abstractmethod
-    async def finish_run(self, fence: Fence, status: RunStatus, output_json: str | None,
-                         error: dict[str, Any] | None, time_used: float, events: list[Event]) -> None:
+    async def finish_run(
+        self,
+        fence: Fence,
+        status: RunStatus,
+        output_json: str | None,
+        error: dict[str, Any] | None,
+        time_used: float,
+        events: list[Event],
+    ) -> None:
         """Write the terminal outcome and the final events in one transaction, fenced."""
 
     @abc.abstractmethod
@@ -233,8 +247,14 @@ class Store(abc.ABC):
         """The run, or RunNotFound (also when it belongs to another tenant)."""
 
     @abc.abstractmethod
-    async def list_runs(self, *, session_id: str | None = None, status: RunStatus | None = None,
-                        tenant: str | None = None, limit: int = 100) -> list[RunRecord]: ...
+    async def list_runs(
+        self,
+        *,
+        session_id: str | None = None,
+        status: RunStatus | None = None,
+        tenant: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]: ...
 
     @abc.abstractmethod
     async def list_steps(self, run_id: str) -> list[StepRecord]: ...
@@ -244,8 +264,7 @@ class Store(abc.ABC):
 
     # messages ------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def deliver_message(self, session_id: str, payload_json: str, tenant: str | None,
-                              now: float) -> int:
+    async def deliver_message(self, session_id: str, payload_json: str, tenant: str | None, now: float) -> int:
         """Queue a message for the session and wake its waiting run; returns the message id."""
 
     @abc.abstractmethod

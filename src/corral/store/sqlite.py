@@ -45,7 +45,7 @@ def sqlite_path(url: str) -> str:
     """`sqlite:///relative.db`, `sqlite:////abs/path.db` or `sqlite://:memory:` to a path."""
     if not url.startswith("sqlite://"):
         raise ConfigError(f"not a sqlite URL: {url!r}")
-    rest = url[len("sqlite://"):]
+    rest = url[len("sqlite://") :]
     if rest in (":memory:", "/:memory:"):
         raise ConfigError("an in-memory SQLite database cannot be shared; use a file path")
     if not rest.startswith("/"):
@@ -164,33 +164,60 @@ def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
 
 def _run_record(row: sqlite3.Row) -> RunRecord:
     return RunRecord(
-        id=row["id"], session_id=row["session_id"], tenant=row["tenant"], principal=row["principal"],
-        roles=tuple(loads(row["roles"])), agent=row["agent"], agent_version=row["agent_version"],
-        input=loads(row["input"]), limits=loads(row["limits"]), status=RunStatus(row["status"]),
+        id=row["id"],
+        session_id=row["session_id"],
+        tenant=row["tenant"],
+        principal=row["principal"],
+        roles=tuple(loads(row["roles"])),
+        agent=row["agent"],
+        agent_version=row["agent_version"],
+        input=loads(row["input"]),
+        limits=loads(row["limits"]),
+        status=RunStatus(row["status"]),
         output=loads(row["output"]) if row["output"] is not None else None,
         error=loads(row["error"]) if row["error"] is not None else None,
-        attempt=row["attempt"], lease_owner=row["lease_owner"], lease_expires_at=row["lease_expires_at"],
-        wake_at=row["wake_at"], time_used=row["time_used"], cancel_requested=bool(row["cancel_requested"]),
-        created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+        attempt=row["attempt"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+        wake_at=row["wake_at"],
+        time_used=row["time_used"],
+        cancel_requested=bool(row["cancel_requested"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
         metadata=loads(row["metadata"]),
     )
 
 
 def _step_record(row: sqlite3.Row) -> StepRecord:
     return StepRecord(
-        run_id=row["run_id"], seq=row["seq"], kind=StepKind(row["kind"]), name=row["name"],
-        input_hash=row["input_hash"], status=StepStatus(row["status"]), result_json=row["result"],
-        error=loads(row["error"]) if row["error"] is not None else None, attempt=row["attempt"],
-        started_at=row["started_at"], finished_at=row["finished_at"],
+        run_id=row["run_id"],
+        seq=row["seq"],
+        kind=StepKind(row["kind"]),
+        name=row["name"],
+        input_hash=row["input_hash"],
+        status=StepStatus(row["status"]),
+        result_json=row["result"],
+        error=loads(row["error"]) if row["error"] is not None else None,
+        attempt=row["attempt"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
     )
 
 
 def _step_params(step: StepRecord) -> dict[str, Any]:
     return {
-        "run_id": step.run_id, "seq": step.seq, "kind": step.kind.value, "name": step.name,
-        "input_hash": step.input_hash, "status": step.status.value, "result": step.result_json,
-        "error": dumps(step.error) if step.error is not None else None, "attempt": step.attempt,
-        "started_at": step.started_at, "finished_at": step.finished_at,
+        "run_id": step.run_id,
+        "seq": step.seq,
+        "kind": step.kind.value,
+        "name": step.name,
+        "input_hash": step.input_hash,
+        "status": step.status.value,
+        "result": step.result_json,
+        "error": dumps(step.error) if step.error is not None else None,
+        "attempt": step.attempt,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
     }
 
 
@@ -258,25 +285,38 @@ class SQLiteStore(Store):
     # runs ----------------------------------------------------------------------------------
     async def create_run(self, run: NewRun) -> RunRecord:
         def op(conn: sqlite3.Connection) -> RunRecord:
-            conn.execute(Q["insert_session"], {"id": run.session_id, "tenant": run.tenant,
-                                               "principal": run.principal, "now": run.created_at})
+            conn.execute(
+                Q["insert_session"],
+                {"id": run.session_id, "tenant": run.tenant, "principal": run.principal, "now": run.created_at},
+            )
             owner = conn.execute(Q["session_tenant"], {"id": run.session_id}).fetchone()[0]
             if owner != run.tenant:
                 raise SessionNotFound(run.session_id)
-            row = conn.execute(Q["insert_run"], {
-                "id": run.id, "session_id": run.session_id, "tenant": run.tenant, "principal": run.principal,
-                "roles": dumps(list(run.roles)), "agent": run.agent, "agent_version": run.agent_version,
-                "input": run.input_json, "limits": dumps(run.limits), "metadata": dumps(run.metadata),
-                "now": run.created_at,
-            }).fetchone()
+            row = conn.execute(
+                Q["insert_run"],
+                {
+                    "id": run.id,
+                    "session_id": run.session_id,
+                    "tenant": run.tenant,
+                    "principal": run.principal,
+                    "roles": dumps(list(run.roles)),
+                    "agent": run.agent,
+                    "agent_version": run.agent_version,
+                    "input": run.input_json,
+                    "limits": dumps(run.limits),
+                    "metadata": dumps(run.metadata),
+                    "now": run.created_at,
+                },
+            ).fetchone()
             return _run_record(row)
 
         record = await self._call(op)
         self._notify("run")
         return record
 
-    async def claim_runs(self, owner: str, limit: int, agents: list[str], lease_seconds: float, now: float,
-                         run_id: str | None = None) -> list[Claim]:
+    async def claim_runs(
+        self, owner: str, limit: int, agents: list[str], lease_seconds: float, now: float, run_id: str | None = None
+    ) -> list[Claim]:
         params = {"agents": dumps(agents), "now": now, "limit": limit, "run_id": run_id}
 
         def op(conn: sqlite3.Connection) -> list[Claim]:
@@ -284,8 +324,9 @@ class SQLiteStore(Store):
             ids = [r[0] for r in conn.execute(query, params)]
             claims = []
             for rid in ids:
-                row = conn.execute(Q["claim"], {"id": rid, "owner": owner, "expires": now + lease_seconds,
-                                                "now": now}).fetchone()
+                row = conn.execute(
+                    Q["claim"], {"id": rid, "owner": owner, "expires": now + lease_seconds, "now": now}
+                ).fetchone()
                 run = _run_record(row)
                 if run.attempt > 1:
                     steps = {s.seq: s for s in map(_step_record, conn.execute(Q["journal"], {"run_id": rid}))}
@@ -297,14 +338,21 @@ class SQLiteStore(Store):
 
         return await self._call(op)
 
-    async def renew_leases(self, owner: str, held: list[Fence], lease_seconds: float, now: float,
-                           time_used: dict[str, float]) -> Renewal:
+    async def renew_leases(
+        self, owner: str, held: list[Fence], lease_seconds: float, now: float, time_used: dict[str, float]
+    ) -> Renewal:
         def op(conn: sqlite3.Connection) -> Renewal:
             lost = set()
             for f in held:
-                cur = conn.execute(Q["renew"], {"run_id": f.run_id, "attempt": f.attempt,
-                                                "expires": now + lease_seconds,
-                                                "time_used": time_used.get(f.run_id, 0.0)})
+                cur = conn.execute(
+                    Q["renew"],
+                    {
+                        "run_id": f.run_id,
+                        "attempt": f.attempt,
+                        "expires": now + lease_seconds,
+                        "time_used": time_used.get(f.run_id, 0.0),
+                    },
+                )
                 if cur.rowcount == 0:
                     lost.add(f.run_id)
             cancels = {r[0] for r in conn.execute(Q["cancel_flags"], {"owner": owner})}
@@ -331,8 +379,9 @@ class SQLiteStore(Store):
         if events:
             await self._call(op)
 
-    async def park_run(self, fence: Fence, wake_at: float | None, time_used: float, events: list[Event],
-                       waiting_for_message: bool) -> bool:
+    async def park_run(
+        self, fence: Fence, wake_at: float | None, time_used: float, events: list[Event], waiting_for_message: bool
+    ) -> bool:
         now = time.time()
 
         def op(conn: sqlite3.Connection) -> bool:
@@ -341,9 +390,17 @@ class SQLiteStore(Store):
                 raise LeaseLost(fence.run_id, fence.attempt)
             if waiting_for_message and conn.execute(Q["next_message"], {"session_id": row[0]}).fetchone():
                 return False
-            conn.execute(Q["park"], {"run_id": fence.run_id, "attempt": fence.attempt, "time_used": time_used,
-                                     "wait_kind": "message" if waiting_for_message else "sleep",
-                                     "wake_at": wake_at, "now": now})
+            conn.execute(
+                Q["park"],
+                {
+                    "run_id": fence.run_id,
+                    "attempt": fence.attempt,
+                    "time_used": time_used,
+                    "wait_kind": "message" if waiting_for_message else "sleep",
+                    "wake_at": wake_at,
+                    "now": now,
+                },
+            )
             _insert_events(conn, events, now)
             return True
 
@@ -351,8 +408,7 @@ class SQLiteStore(Store):
 
     async def release_run(self, fence: Fence, time_used: float, events: list[Event]) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(Q["release"], {"run_id": fence.run_id, "attempt": fence.attempt,
-                                              "time_used": time_used})
+            cur = conn.execute(Q["release"], {"run_id": fence.run_id, "attempt": fence.attempt, "time_used": time_used})
             if cur.rowcount == 0:
                 raise LeaseLost(fence.run_id, fence.attempt)
             _insert_events(conn, events, time.time())
@@ -360,15 +416,30 @@ class SQLiteStore(Store):
         await self._call(op)
         self._notify("run")
 
-    async def finish_run(self, fence: Fence, status: RunStatus, output_json: str | None,
-                         error: dict[str, Any] | None, time_used: float, events: list[Event]) -> None:
+    async def finish_run(
+        self,
+        fence: Fence,
+        status: RunStatus,
+        output_json: str | None,
+        error: dict[str, Any] | None,
+        time_used: float,
+        events: list[Event],
+    ) -> None:
         now = time.time()
 
         def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(Q["finish"], {
-                "run_id": fence.run_id, "attempt": fence.attempt, "status": status.value, "output": output_json,
-                "error": dumps(error) if error is not None else None, "time_used": time_used, "now": now,
-            })
+            cur = conn.execute(
+                Q["finish"],
+                {
+                    "run_id": fence.run_id,
+                    "attempt": fence.attempt,
+                    "status": status.value,
+                    "output": output_json,
+                    "error": dumps(error) if error is not None else None,
+                    "time_used": time_used,
+                    "now": now,
+                },
+            )
             if cur.rowcount == 0:
                 raise LeaseLost(fence.run_id, fence.attempt)
             _insert_events(conn, events, now)
@@ -405,8 +476,14 @@ class SQLiteStore(Store):
     async def get_run(self, run_id: str, tenant: str | None = None) -> RunRecord:
         return await self._call(lambda conn: self._get(conn, run_id, tenant), write=False)
 
-    async def list_runs(self, *, session_id: str | None = None, status: RunStatus | None = None,
-                        tenant: str | None = None, limit: int = 100) -> list[RunRecord]:
+    async def list_runs(
+        self,
+        *,
+        session_id: str | None = None,
+        status: RunStatus | None = None,
+        tenant: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
         clauses, params = [], {"limit": limit}
         for column, value in (("session_id", session_id), ("status", status), ("tenant", tenant)):
             if value is not None:
@@ -418,7 +495,8 @@ class SQLiteStore(Store):
 
     async def list_steps(self, run_id: str) -> list[StepRecord]:
         return await self._call(
-            lambda conn: [_step_record(r) for r in conn.execute(Q["list_steps"], {"run_id": run_id})], write=False)
+            lambda conn: [_step_record(r) for r in conn.execute(Q["list_steps"], {"run_id": run_id})], write=False
+        )
 
     async def list_events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         def op(conn: sqlite3.Connection) -> list[Event]:
@@ -433,8 +511,9 @@ class SQLiteStore(Store):
             owner = conn.execute(Q["session_tenant"], {"id": session_id}).fetchone()
             if owner is None or (tenant is not None and owner[0] != tenant):
                 raise SessionNotFound(session_id)
-            msg_id = conn.execute(Q["insert_message"], {"session_id": session_id, "payload": payload_json,
-                                                        "now": now}).lastrowid
+            msg_id = conn.execute(
+                Q["insert_message"], {"session_id": session_id, "payload": payload_json, "now": now}
+            ).lastrowid
             conn.execute(Q["wake_waiting"], {"session_id": session_id, "now": now})
             return msg_id
 
