@@ -48,7 +48,7 @@ class Tool:
         except pydantic.ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(arguments)'}: {e['msg']}" for e in exc.errors())
             raise ValueError(f"invalid arguments for tool {self.name}: {problems}") from None
-        return {name: getattr(model, name) for name in model.model_fields}
+        return {name: getattr(model, name) for name in type(model).model_fields}
 
     def allowed_for(self, roles: frozenset[str] | set[str] | tuple[str, ...]) -> bool:
         return self.required_roles <= set(roles)

@@ -64,7 +64,8 @@ class Worker:
         await app.open()
         settings = app.settings
         agents = app.agent_names()
-        app.store.subscribe(self._on_store)
+        store = app.store
+        store.subscribe(self._on_store)
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"corral-heartbeat-{self.id}")
         delay = settings.poll_interval
         try:
@@ -73,7 +74,7 @@ class Worker:
                 free = self.concurrency - len(self.active)
                 if free > 0:
                     try:
-                        claims = await app.store.claim_runs(
+                        claims = await store.claim_runs(
                             self.id, min(free, 64), agents, settings.lease_seconds, time.time(), self.only
                         )
                     except StoreError as exc:
@@ -85,7 +86,7 @@ class Worker:
                 if burst and not claimed and not self.active:
                     return
                 if self.only is not None and not claimed and not self.active:
-                    run = await app.store.get_run(self.only)
+                    run = await store.get_run(self.only)
                     if run.status.terminal:
                         return
                     if run.wake_at is not None:  # parked: look again when it is due
@@ -100,7 +101,7 @@ class Worker:
                 except TimeoutError:
                     delay = min(delay * 2, settings.poll_max)
         finally:
-            app.store.unsubscribe(self._on_store)
+            store.unsubscribe(self._on_store)
             await self._drain(settings.drain_grace)
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)

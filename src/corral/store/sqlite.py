@@ -123,13 +123,13 @@ class _DbThread:
         write = any(item[1] for item in batch)
         try:
             outcomes = self._transaction(conn, [item[0] for item in batch], write)
-        except Exception:  # noqa: BLE001 - one op failed: run each alone so only it fails
+        except BaseException:  # noqa: BLE001 - an op failed (or was fenced): run each alone so only it fails
             outcomes = []
             for op, w, _, _ in batch:
                 try:
                     outcomes.extend(self._transaction(conn, [op], w))
-                except Exception as exc:  # noqa: BLE001
-                    outcomes.append((False, exc))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller, never kills the thread
+                    outcomes.append((False, _translate(exc)))
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for (_, _, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
             by_loop.setdefault(loop, []).append((fut, ok, value))
@@ -150,6 +150,15 @@ class _DbThread:
                 conn.execute("ROLLBACK")
             raise
         return results
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """sqlite3's errors become StoreError here, at the boundary; Corral's own pass through."""
+    if isinstance(exc, sqlite3.Error):
+        err = StoreError(f"SQLite: {exc}")
+        err.__cause__ = exc
+        return err
+    return exc
 
 
 def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:

@@ -1,0 +1,144 @@
+"""Real worker processes killed with SIGKILL, paused with SIGSTOP, and restarted with new code."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from corral import RunStatus
+from helpers import assert_event_order, make_app
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import chaos_agents
+
+pytestmark = pytest.mark.chaos
+
+
+def lines(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+async def wait_lines(path: Path, n: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while len(lines(path)) < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not reach {n} lines (has {len(lines(path))})")
+        await asyncio.sleep(0.01)
+
+
+async def test_sigkill_mid_run_resumes_elsewhere_without_repeating_completed_steps(database_url, workers, tmp_path):
+    log = tmp_path / "steps.log"
+    async with make_app(database_url, [chaos_agents.thirty]) as app:
+        run_id = await app.submit("thirty", {"log": str(log), "steps": 30, "delay": 0.05})
+        first = workers.start(database_url)
+        await wait_lines(log, 10)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        completed_at_kill = {s.seq for s in await app.steps(run_id)}
+        second = workers.start(database_url)
+        result = await app.wait(run_id, timeout=60)
+
+        assert result.ok, result.error
+        assert result.output == {"total": sum(range(30))}
+        counts = collections.Counter(lines(log))
+        assert set(counts) == set(range(30))
+        for i, n in counts.items():
+            if str(i + 1) in completed_at_kill:
+                assert n == 1, f"completed step {i} ran {n} times"
+            else:
+                assert n <= 2, f"step {i} ran {n} times"
+        assert sum(n == 2 for n in counts.values()) <= 1  # at most the one in flight
+        run = await app.get_run(run_id)
+        assert run.attempt == 2
+        events = await app.events(run_id)
+        assert_event_order(events)
+        progress = [e.data["data"]["done"] for e in events if e.type == "custom"]
+        assert progress == list(range(1, 31))  # no custom event lost or repeated across the crash
+        started = [e.data["seq"] for e in events if e.type == "step" and e.data["status"] == "completed"]
+        assert started == [str(i) for i in range(1, 31)]
+        assert second.poll() is None
+
+
+async def test_a_paused_worker_is_fenced_out_after_another_takes_over(database_url, workers, tmp_path):
+    log = tmp_path / "steps.log"
+    async with make_app(database_url, [chaos_agents.thirty]) as app:
+        run_id = await app.submit("thirty", {"log": str(log), "steps": 20, "delay": 0.1})
+        zombie = workers.start(database_url)
+        await wait_lines(log, 4)
+        zombie.send_signal(signal.SIGSTOP)
+        paused_with = len(lines(log))
+        await asyncio.sleep(1.6)  # past the 1 s lease
+        workers.start(database_url)
+        await wait_lines(log, paused_with + 4)
+        assert (await app.get_run(run_id)).attempt == 2
+        zombie.send_signal(signal.SIGCONT)
+        result = await app.wait(run_id, timeout=60)
+        assert result.ok and result.output == {"total": sum(range(20))}
+
+        deadline = time.monotonic() + 10
+        while "abandoned" not in workers.output(zombie) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert "abandoned" in workers.output(zombie), workers.output(zombie)
+        journal = await app.steps(run_id)
+        taken_over = [s for s in journal if s.attempt == 2]
+        assert taken_over and all(int(s.seq) > paused_with - 1 for s in taken_over)
+        assert all(s.attempt in (1, 2) for s in journal) and len(journal) == 20
+        run = await app.get_run(run_id)
+        assert run.status is RunStatus.SUCCEEDED and run.attempt == 2
+        assert_event_order(await app.events(run_id))
+
+
+AGENT_SOURCE = """
+import asyncio
+from corral import App, Context, agent
+
+
+async def append_line(path: str, i: int) -> int:
+    await asyncio.sleep(0.05)
+    with open(path, "a") as f:
+        f.write(f"{{i}}\\n")
+    return i
+
+
+@agent(name="evolving")
+async def evolving(ctx: Context, input: dict) -> int:
+    for i in range(30):
+        await ctx.step("{step}", append_line, input["log"], i)
+    return 30
+
+
+app = App(agents=[evolving])
+"""
+
+
+async def test_changed_code_between_crash_and_resume_raises_nondeterminism(database_url, workers, tmp_path):
+    module_dir = tmp_path / "code"
+    module_dir.mkdir()
+    module = module_dir / "evolving_agents.py"
+    module.write_text(textwrap.dedent(AGENT_SOURCE.format(step="append")))
+    log = tmp_path / "steps.log"
+    sys.path.insert(0, str(module_dir))
+    try:
+        import evolving_agents
+    finally:
+        sys.path.remove(str(module_dir))
+    async with make_app(database_url, [evolving_agents.evolving]) as app:
+        run_id = await app.submit("evolving", {"log": str(log)})
+        first = workers.start(database_url, "evolving_agents:app", path=module_dir)
+        await wait_lines(log, 5)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        module.write_text(textwrap.dedent(AGENT_SOURCE.format(step="append_renamed")))
+        workers.start(database_url, "evolving_agents:app", path=module_dir)
+        result = await app.wait(run_id, timeout=60)
+        assert result.status is RunStatus.FAILED
+        assert result.error["type"] == "NonDeterminismError"
+        assert result.error["step"] == "#1 step:append_renamed"
+        assert result.error["recorded"]["name"] == "append"
