@@ -1,0 +1,36 @@
+# `make run` and `make test` each set up everything they need on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DB     ?= sqlite:///./corral.db
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/corral run examples.app:app support_bot --database-url $(DB) \
+		--input '{"message": "Where is my order A-1001, and what is the returns policy?"}'
+	$(BIN)/corral run examples.app:app research --database-url $(DB) \
+		--input '{"question": "Why do LLM agents fail in production?"}'
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) corral.db corral.db-wal corral.db-shm .pytest_cache .ruff_cache
