@@ -14,7 +14,9 @@ def respond(request: ChatRequest) -> SimReply | str:
     tool_results = [m for m in request.messages if m.role is Role.TOOL]
     offered = {t.name for t in request.tools}
     if offered and not tool_results:
-        calls = [("lookup_order", {"order_id": o}) for o in re.findall(r"[Aa]-\d{4}", last_user) if "lookup_order" in offered]
+        calls = [
+            ("lookup_order", {"order_id": o}) for o in re.findall(r"[Aa]-\d{4}", last_user) if "lookup_order" in offered
+        ]
         if "search_kb" in offered and re.search(r"return|ship|refund|policy", last_user, re.I):
             calls.append(("search_kb", {"query": last_user}))
         if calls:

@@ -64,5 +64,7 @@ async def support(ctx: Context, input: dict) -> dict:
         facts.append(await ctx.call_tool(lookup_order, order_id=order_id))
     articles = await ctx.call_tool(search_kb, query=text)
     prompt = f"Customer: {text}\nOrders: {facts}\nArticles: {articles}\nWrite the reply."
-    reply = await ctx.chat([{"role": "system", "content": support_bot.instructions}, {"role": "user", "content": prompt}])
+    reply = await ctx.chat(
+        [{"role": "system", "content": support_bot.instructions}, {"role": "user", "content": prompt}]
+    )
     return {"answer": reply.text, "orders": facts, "articles": articles, "by": "agent"}

@@ -35,7 +35,8 @@ class Settings:
     max_step_result_bytes: int = 1_048_576
     max_journal_bytes: int = 64 * 1_048_576
     max_events_per_run: int = 100_000
-    journal_retention_seconds: float = 7 * 86_400
+    journal_retention_seconds: float = 7 * 86_400  # journals and events of finished runs; messages stay
+    prune_interval: float = 600.0  # how often a worker prunes; 0 turns pruning off
     tenant: str = "default"
 
     @classmethod

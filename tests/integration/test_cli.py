@@ -18,8 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def corral(*args: str, db: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env["CORRAL_POLL_MAX"] = "0.1"
-    proc = subprocess.run([sys.executable, "-m", "corral", *args, "--database-url", db], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "corral", *args, "--database-url", db],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -31,8 +37,9 @@ def db(tmp_path: Path) -> str:
 
 
 def test_run_prints_events_then_output_and_exits_zero(db):
-    proc = corral("run", "examples.app:app", "support_bot", "--input", '{"message": "Where is A-1001?"}', db=db,
-                  check=True)
+    proc = corral(
+        "run", "examples.app:app", "support_bot", "--input", '{"message": "Where is A-1001?"}', db=db, check=True
+    )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert lines[0]["event"] == "metadata"
     assert [x["id"] for x in lines[:-1]] == list(range(1, len(lines)))
@@ -59,13 +66,27 @@ def test_bad_input_gets_a_clear_error(db):
 
 def test_submit_worker_message_and_runs_show(db, tmp_path):
     session = "cli-session"
-    run_id = corral("submit", "examples.app:app", "support", "--input", '{"message": "I want a human"}',
-                    "--session", session, db=db, check=True).stdout.strip()
+    run_id = corral(
+        "submit",
+        "examples.app:app",
+        "support",
+        "--input",
+        '{"message": "I want a human"}',
+        "--session",
+        session,
+        db=db,
+        check=True,
+    ).stdout.strip()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env["CORRAL_POLL_MAX"] = "0.1"
-    worker = subprocess.Popen([sys.executable, "-m", "corral", "worker", "examples.app:app", "--database-url", db,
-                               "--concurrency", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "corral", "worker", "examples.app:app", "--database-url", db, "--concurrency", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert "ready" in worker.stdout.readline() + worker.stdout.readline()
         deadline = time.monotonic() + 30
@@ -74,7 +95,10 @@ def test_submit_worker_message_and_runs_show(db, tmp_path):
             time.sleep(0.1)
         corral("message", session, '{"text": "A human here: refund approved."}', db=db, check=True)
         while (shown := json.loads(corral("runs", "show", run_id, "--json", db=db, check=True).stdout))["status"] in (
-            "waiting", "running", "queued"):
+            "waiting",
+            "running",
+            "queued",
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert shown["status"] == "succeeded"

@@ -496,3 +496,25 @@ async def test_closed_app_refuses_use(database_url):
     await app.close()
     with pytest.raises(UserError, match="closed"):
         await app.submit("pipeline", {"steps": 1})
+
+
+async def test_workers_prune_finished_journals_but_keep_outcomes(database_url):
+    async with make_app(
+        database_url, [pipeline, handoff], journal_retention_seconds=0.2, prune_interval=0.3, lease_seconds=0.3
+    ) as app:
+        done = (await app.run("pipeline", {"steps": 3})).run_id
+        waiting = await app.submit("handoff", {}, session_id="kept")
+        worker = app.worker()
+        task = asyncio.create_task(worker.run())
+        await eventually(lambda: _status_is(app, waiting, RunStatus.WAITING))
+        await eventually(lambda: _no_steps(app, done), timeout=10)
+        worker.stop()
+        await task
+        run = await app.get_run(done)
+        assert run.status is RunStatus.SUCCEEDED and run.output == {"total": 3, "key_seen": True}
+        assert await app.events(done) == []
+        assert len(await app.steps(waiting)) == 2  # an unfinished run keeps its journal
+
+
+async def _no_steps(app, run_id) -> bool:
+    return await app.steps(run_id) == []

@@ -135,8 +135,12 @@ class Worker:
     async def _heartbeat(self) -> None:
         settings = self.app.settings
         interval = settings.lease_seconds / 3
+        next_prune = time.monotonic() + settings.prune_interval / 10  # soon after start, then periodically
         while True:
             await asyncio.sleep(interval)
+            if settings.prune_interval and time.monotonic() >= next_prune and self.only is None:
+                next_prune = time.monotonic() + settings.prune_interval
+                await self._prune()
             if not self.active:
                 continue
             runners = list(self.active.values())
@@ -158,6 +162,15 @@ class Worker:
             for rid in renewal.cancel_requested:
                 if (r := self.active.get(rid)) is not None:
                     r.request_cancel()
+
+    async def _prune(self) -> None:
+        try:
+            pruned = await self.app.store.prune(time.time() - self.app.settings.journal_retention_seconds)
+        except StoreError as exc:
+            log.warning("pruning failed: %s", exc)
+            return
+        if pruned:
+            log.info("pruned the journals of %d finished run(s)", pruned)
 
     async def _drain(self, grace: float) -> None:
         if not self._tasks:
