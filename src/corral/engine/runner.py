@@ -284,6 +284,7 @@ class Runner:
         reason = self._stop_reason
         steps = ", ".join(self._stopped_steps) or None
         if reason == "lease_lost":
+            log.warning("run %s attempt %d abandoned: its lease was lost", self.run.id, self.run.attempt)
             return Outcome.ABANDONED
         if reason == "drain":
             return await self._release()
