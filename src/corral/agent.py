@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._json import dumps, stable_hash
 from .errors import StepError, ToolNotAllowed, UserError
-from .models.base import Message
+from .models.base import Message, Role, approx_tokens
 from .tools import Tool
 
 if TYPE_CHECKING:
@@ -98,6 +98,8 @@ class Agent:
         limits: Limits | None = None,
         tool_errors: str = "return",
         description: str = "",
+        max_context_tokens: int = 16_000,
+        use_history: bool = True,
     ) -> None:
         if tool_errors not in ("return", "raise"):
             raise UserError("Agent.tool_errors must be 'return' or 'raise'")
@@ -110,6 +112,8 @@ class Agent:
         self.tools = tuple(tools)
         self.limits = limits or Limits()
         self.tool_errors = tool_errors
+        self.max_context_tokens = max_context_tokens
+        self.use_history = use_history
         self.description = description or instructions[:200]
         self._by_name = {t.name: t for t in self.tools}
         self.version = stable_hash(
@@ -120,20 +124,21 @@ class Agent:
         return f"<Agent {self.name} {self.version}>"
 
     async def execute(self, ctx: Context, input: Any) -> Any:
-        history = [Message.system(self.instructions)] if self.instructions else []
-        new = _input_messages(input)
-        messages = history + new
-        first_new = len(history)
+        system = [Message.system(self.instructions)] if self.instructions else []
+        past = [Message.from_any(m) for m in await ctx.history()] if self.use_history else []
+        turn = _input_messages(input)
+        produced: list[Message] = []
         offered = [t for t in self.tools if t.allowed_for(ctx.roles)]
         while True:
-            reply = await ctx.chat(messages, model=self.model, tools=offered)
-            messages.append(reply.message)
+            window = fit_context(system, past, turn + produced, self.max_context_tokens)
+            reply = await ctx.chat(window, model=self.model, tools=offered)
+            produced.append(reply.message)
             if not reply.tool_calls:
-                return {"answer": reply.text, "messages": [m.to_dict() for m in messages[first_new:]]}
+                return {"answer": reply.text, "messages": [m.to_dict() for m in produced]}
             calls = [self._start_call(ctx, call.name, call.arguments) for call in reply.tool_calls]
             results = await ctx.gather(*calls)
             for call, result in zip(reply.tool_calls, results, strict=True):
-                messages.append(Message.tool(call.id, result, call.name))
+                produced.append(Message.tool(call.id, result, call.name))
 
     def _start_call(self, ctx: Context, name: str, arguments: dict[str, Any]) -> Awaitable[str]:
         # The step is allocated here, synchronously, so its sequence number does not depend on
@@ -155,6 +160,39 @@ class Agent:
                 raise
             return f"error: {exc.error_type}: {exc.args[0]}"
         return result if isinstance(result, str) else dumps(result, what="tool result")
+
+
+def fit_context(system: list[Message], past: list[Message], current: list[Message], budget: int) -> list[Message]:
+    """The messages to send: the system prompt and the current turn always; past turns newest
+    first while they fit `budget` tokens (oldest dropped first, whole turns at a time)."""
+    used = sum(_tokens(m) for m in system + current)
+    kept: list[Message] = []
+    turns = _turns(past)
+    for group in reversed(turns):
+        cost = sum(_tokens(m) for m in group)
+        if used + cost > budget:
+            break
+        kept[:0] = group
+        used += cost
+    return system + kept + current
+
+
+def _turns(messages: list[Message]) -> list[list[Message]]:
+    """Split a conversation into turns, each starting at a user message, so that a tool result is
+    never separated from the call that asked for it."""
+    turns: list[list[Message]] = []
+    for m in messages:
+        if m.role is Role.SYSTEM:
+            continue
+        if m.role is Role.USER or not turns:
+            turns.append([m])
+        else:
+            turns[-1].append(m)
+    return turns
+
+
+def _tokens(m: Message) -> int:
+    return approx_tokens(m.content) + sum(approx_tokens(str(c.arguments)) + 4 for c in m.tool_calls) + 4
 
 
 async def _value(text: str) -> str:

@@ -160,6 +160,18 @@ class Context:
         seq, _ = rt.allocate(StepKind.MESSAGE, "message", input_hash)
         return StepCall(seq, rt.wait_step(seq, timeout, input_hash))
 
+    def history(self) -> StepCall[list[dict[str, Any]]]:
+        """The session's conversation before this run (its `messages` value), journaled so that
+        a replay sees the same history."""
+        rt = self._rt
+        seq, _ = rt.allocate(StepKind.STEP, "history", "")
+
+        async def execute() -> list[dict[str, Any]]:
+            session = await rt.store.get_session(self.session_id, None)
+            return list(session.values.get("messages") or [])
+
+        return StepCall(seq, rt.run_step(seq, StepKind.STEP, "history", "", False, execute, timeout=None))
+
     def now(self) -> StepCall[float]:
         """The current time, journaled: replay sees the same value."""
         rt = self._rt

@@ -11,7 +11,17 @@ CorralError                    catchable errors (``except CorralError``)
 │   │   └── StepTimeout        a step ran past its timeout
 │   ├── ToolNotAllowed         the run's principal lacks a role the tool requires
 │   └── PayloadTooLarge        a result or event is over its byte limit
-├── ProviderError              an LLM provider failed (``retryable``, ``status``, ``retry_after``)
+├── ProviderError              an LLM provider failed (``provider``, ``retryable``, ``status``, ``retry_after``)
+│   ├── RateLimited            429: the provider asks to wait ``retry_after`` seconds
+│   ├── ProviderTimeout        no connection, first token or answer in time
+│   ├── ProviderUnavailable    5xx or overloaded: the provider is down or shedding load
+│   │   └── ConnectionFailed   the connection could not be made or dropped before any output
+│   ├── MalformedResponse      the provider answered something that is not its wire format
+│   ├── StreamBroken           a stream failed after output was delivered: no failover possible
+│   ├── CircuitOpen            the endpoint's circuit breaker is open: not called at all
+│   ├── AuthenticationFailed   401/403: the key is missing, wrong or lacks access (not retryable)
+│   └── BadRequest             4xx: the request itself is wrong (not retryable)
+│       └── ContextTooLong     the prompt does not fit the model's context window
 └── StoreError                 the store failed or refused
     ├── RunNotFound            no run with that id (in that tenant)
     └── SessionNotFound        no session with that id (in that tenant)
@@ -115,6 +125,77 @@ class ProviderError(CorralError):
         self.retry_after = retry_after
 
 
+class RateLimited(ProviderError):
+    """The provider refused with 429; ``retry_after`` (seconds) is its advice when it gave one."""
+
+    def __init__(
+        self, message: str, *, provider: str, status: int | None = 429, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, provider=provider, retryable=True, status=status, retry_after=retry_after)
+
+
+class ProviderTimeout(ProviderError):
+    """No connection, first token or complete answer within its timeout (``phase`` says which)."""
+
+    def __init__(self, message: str, *, provider: str, phase: str = "response", status: int | None = None) -> None:
+        super().__init__(message, provider=provider, retryable=True, status=status)
+        self.phase = phase
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider is down or shedding load (5xx, overloaded); another attempt may succeed."""
+
+    def __init__(
+        self, message: str, *, provider: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, provider=provider, retryable=True, status=status, retry_after=retry_after)
+
+
+class ConnectionFailed(ProviderUnavailable):
+    """The connection could not be made, or dropped before the provider sent any output."""
+
+
+class MalformedResponse(ProviderError):
+    """The provider's answer does not follow its wire format (bad JSON, missing fields)."""
+
+    def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
+        super().__init__(message, provider=provider, retryable=True, status=status)
+
+
+class StreamBroken(ProviderError):
+    """A stream failed after output had been delivered (``chunks`` of it). What was streamed
+    cannot be taken back, so no retry or failover happens: the step fails cleanly."""
+
+    def __init__(self, message: str, *, provider: str, chunks: int = 0, status: int | None = None) -> None:
+        super().__init__(message, provider=provider, retryable=False, status=status)
+        self.chunks = chunks
+
+
+class CircuitOpen(ProviderError):
+    """The endpoint's circuit breaker is open; ``retry_after`` is the time left in its cooldown."""
+
+    def __init__(self, message: str, *, provider: str, retry_after: float | None = None) -> None:
+        super().__init__(message, provider=provider, retryable=True, retry_after=retry_after)
+
+
+class AuthenticationFailed(ProviderError):
+    """401 or 403: the API key is missing, wrong or lacks access. Repeating will not help."""
+
+    def __init__(self, message: str, *, provider: str, status: int | None = 401) -> None:
+        super().__init__(message, provider=provider, retryable=False, status=status)
+
+
+class BadRequest(ProviderError):
+    """The provider rejected the request itself (4xx); the same request fails again."""
+
+    def __init__(self, message: str, *, provider: str, status: int | None = 400) -> None:
+        super().__init__(message, provider=provider, retryable=False, status=status)
+
+
+class ContextTooLong(BadRequest):
+    """The prompt does not fit the model's context window; a route may send it to a larger model."""
+
+
 class StoreError(CorralError):
     """The store failed or refused an operation."""
 
@@ -129,6 +210,16 @@ class SessionNotFound(StoreError):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"no session {session_id!r}")
         self.session_id = session_id
+
+
+class SessionExists(StoreError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} exists already")
+        self.session_id = session_id
+
+
+class Conflict(StoreError):
+    """The operation conflicts with the resource's current state."""
 
 
 class RunInterrupt(BaseException):

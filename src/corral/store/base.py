@@ -143,6 +143,57 @@ class Message:
     created_at: float
 
 
+class SessionStatus(StrEnum):
+    IDLE = "idle"
+    BUSY = "busy"  # a run is queued or running
+    INTERRUPTED = "interrupted"  # a run waits for a message
+    ERROR = "error"  # the last run did not succeed
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    id: str
+    tenant: str
+    principal: str | None
+    metadata: dict[str, Any]
+    values: dict[str, Any]  # the conversation state: at least "messages"
+    status: SessionStatus
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The session's values after a run ended or after an explicit state update."""
+
+    session_id: str
+    id: int
+    run_id: str | None
+    values: dict[str, Any]
+    metadata: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A long-term memory item: a JSON object under (namespace, key), per tenant."""
+
+    namespace: tuple[str, ...]
+    key: str
+    value: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    tenant: str
+    principal: str
+    roles: tuple[str, ...]
+    created_at: float
+
+
 class Store(abc.ABC):
     """Durable state of sessions, runs, steps, events and messages."""
 

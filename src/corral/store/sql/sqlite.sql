@@ -1,5 +1,5 @@
 -- name: insert_session
-INSERT INTO sessions (id, tenant, principal, created_at) VALUES (:id, :tenant, :principal, :now)
+INSERT INTO sessions (id, tenant, principal, created_at, updated_at) VALUES (:id, :tenant, :principal, :now, :now)
 ON CONFLICT (id) DO NOTHING;
 
 -- name: session_tenant
@@ -138,3 +138,101 @@ SELECT COUNT(*) FROM runs WHERE finished_at < :before
 -- name: stats
 SELECT status, COUNT(*), MIN(created_at) FROM runs
  WHERE status IN ('queued', 'running', 'waiting') GROUP BY status;
+
+-- name: session_values
+SELECT "values", tenant FROM sessions WHERE id = :id;
+
+-- name: set_session_values
+UPDATE sessions SET "values" = :values, updated_at = :now WHERE id = :id;
+
+-- name: insert_checkpoint
+INSERT INTO checkpoints (session_id, run_id, "values", metadata, created_at)
+VALUES (:session_id, :run_id, :values, :metadata, :now);
+
+-- name: trim_checkpoints
+DELETE FROM checkpoints WHERE session_id = :session_id AND id <= (
+    SELECT id FROM checkpoints WHERE session_id = :session_id ORDER BY id DESC LIMIT 1 OFFSET :keep);
+
+-- name: run_input
+SELECT session_id, input FROM runs WHERE id = :run_id;
+
+-- name: create_session
+INSERT INTO sessions (id, tenant, principal, metadata, created_at, updated_at)
+VALUES (:id, :tenant, :principal, :metadata, :now, :now)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: session_select
+-- A session with its status derived from its runs; search appends its WHERE clauses.
+SELECT * FROM (
+    SELECT s.*, CASE
+        WHEN EXISTS (SELECT 1 FROM runs AS r WHERE r.session_id = s.id
+                        AND (r.status IN ('queued', 'running') OR (r.status = 'waiting' AND r.wait_kind = 'sleep')))
+            THEN 'busy'
+        WHEN EXISTS (SELECT 1 FROM runs AS r WHERE r.session_id = s.id AND r.status = 'waiting') THEN 'interrupted'
+        WHEN (SELECT r.status FROM runs AS r WHERE r.session_id = s.id AND r.finished_at IS NOT NULL
+               ORDER BY r.finished_at DESC LIMIT 1) IN ('failed', 'timed_out', 'limit_exceeded') THEN 'error'
+        ELSE 'idle' END AS session_status
+    FROM sessions AS s) AS sess
+
+-- name: set_session_metadata
+UPDATE sessions SET metadata = :metadata, updated_at = :now WHERE id = :id;
+
+-- name: delete_session_steps
+DELETE FROM steps WHERE run_id IN (SELECT id FROM runs WHERE session_id = :id);
+
+-- name: delete_session_events
+DELETE FROM events WHERE run_id IN (SELECT id FROM runs WHERE session_id = :id);
+
+-- name: delete_session_rest
+DELETE FROM runs WHERE session_id = :id;
+
+-- name: delete_session_inbox
+DELETE FROM inbox WHERE session_id = :id;
+
+-- name: delete_session_checkpoints
+DELETE FROM checkpoints WHERE session_id = :id;
+
+-- name: delete_session_row
+DELETE FROM sessions WHERE id = :id;
+
+-- name: list_checkpoints
+SELECT * FROM checkpoints WHERE session_id = :session_id AND (:before IS NULL OR id < :before)
+ ORDER BY id DESC LIMIT :limit;
+
+-- name: delete_run_steps
+DELETE FROM steps WHERE run_id = :run_id;
+
+-- name: delete_run_events
+DELETE FROM events WHERE run_id = :run_id;
+
+-- name: delete_run_row
+DELETE FROM runs WHERE id = :run_id;
+
+-- name: put_item
+INSERT INTO items (tenant, namespace, key, value, created_at, updated_at)
+VALUES (:tenant, :namespace, :key, :value, :now, :now)
+ON CONFLICT (tenant, namespace, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
+
+-- name: get_item
+SELECT * FROM items WHERE tenant = :tenant AND namespace = :namespace AND key = :key;
+
+-- name: delete_item
+DELETE FROM items WHERE tenant = :tenant AND namespace = :namespace AND key = :key;
+
+-- name: items_under
+-- Everything at or below the prefix: U+001F separates parts, U+0020 is the next code point.
+SELECT * FROM items WHERE tenant = :tenant
+   AND (:prefix = '' OR namespace = :prefix OR (namespace >= :prefix || char(31) AND namespace < :prefix || char(32)))
+ ORDER BY updated_at DESC, namespace, key;
+
+-- name: namespaces
+SELECT DISTINCT namespace FROM items WHERE tenant = :tenant
+   AND (:prefix = '' OR namespace = :prefix OR (namespace >= :prefix || char(31) AND namespace < :prefix || char(32)))
+ ORDER BY namespace;
+
+-- name: insert_api_key
+INSERT INTO api_keys (id, key_hash, tenant, principal, roles, created_at)
+VALUES (:id, :key_hash, :tenant, :principal, :roles, :now);
+
+-- name: find_api_key
+SELECT * FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL;
