@@ -142,3 +142,26 @@ async def test_changed_code_between_crash_and_resume_raises_nondeterminism(datab
         assert result.error["type"] == "NonDeterminismError"
         assert result.error["step"] == "#1 step:append_renamed"
         assert result.error["recorded"]["name"] == "append"
+
+
+async def test_agent_with_two_tools_resumes_between_tool_calls_without_repeating_one(database_url, workers, tmp_path):
+    log = tmp_path / "tools.log"
+    async with make_app(database_url, [chaos_agents.refunds], models=chaos_agents.app.models) as app:
+        run_id = await app.submit("refunds", {"log": str(log), "message": "Refund order A please"})
+        first = workers.start(database_url)
+        deadline = time.monotonic() + 30
+        while "fetch B" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # the refund tool is now in flight (it takes 1.5 s)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert "refund" not in log.read_text()
+        workers.start(database_url)
+        result = await app.wait(run_id, timeout=60)
+        assert result.ok, result.error
+        assert result.output["answer"] == "Refunded 40 on order A; order B needed nothing."
+        calls = log.read_text().splitlines()
+        assert sorted(calls) == ["fetch A", "fetch B", "refund A 40"]  # nothing ran twice
+        kinds = [(s.kind.value, s.name, s.attempt) for s in await app.steps(run_id)]
+        assert ("tool", "refund", 2) in kinds and ("tool", "fetch_order", 1) in kinds
