@@ -142,6 +142,11 @@ class App:
             self._implicit_default = False
 
     @property
+    def has_implicit_default(self) -> bool:
+        """True when the code set no `default` model route (it is the sim until filled)."""
+        return self._implicit_default
+
+    @property
     def models(self) -> dict[str, ChatModel]:
         return dict(self._models)
 

@@ -47,6 +47,17 @@ def load_app(spec: str) -> App:
     return app
 
 
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, fit for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def configure_app(app: App, args: argparse.Namespace) -> str:
     """Apply the command's flags and the model configuration to a loaded app; returns the line
     that says which models the app uses."""
@@ -56,11 +67,11 @@ def configure_app(app: App, args: argparse.Namespace) -> str:
     if path := app.settings.config:
         app.set_models(load_models(path, os.environ))
         line = f"model routes from {path}: {', '.join(sorted(app.models))}"
-    else:
+    elif app.has_implicit_default:
         defaults, line = default_models()
         app.set_models(defaults, fill_default=True)
-        if not app._implicit_default and app.models["default"] is not defaults["default"]:
-            line = f"model route 'default': {type(app.models['default']).__name__} (set by the app's code)"
+    else:
+        line = f"model route 'default': {type(app.models['default']).__name__} (set by the app's code)"
     logging.getLogger("corral").info("%s", line)
     return line
 
@@ -121,7 +132,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             worker.id,
             worker.concurrency,
             ", ".join(app.agent_names()),
-            app.settings.database_url,
+            redact_url(app.settings.database_url),
         )
         print(f"worker {worker.id} ready", flush=True)
         await worker.run()
@@ -254,6 +265,97 @@ async def cmd_db_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _banner(app: App, url: str, key: str | None, models: str) -> str:
+    """What `corral serve` prints once it listens: the URL, the key and examples to paste."""
+    from .agent import Agent
+
+    names = app.agent_names()
+    chat = next((a.name for a in app.agents.values() if isinstance(a, Agent)), names[0] if names else "AGENT")
+    shown = key or "$CORRAL_API_KEY"
+    body = json.dumps(
+        {
+            "assistant_id": chat,
+            "input": {"messages": [{"role": "user", "content": "Where is my order A-1001?"}]},
+            "stream_mode": ["values", "messages-tuple"],
+        }
+    )
+    lines = [
+        f"Corral API on {url}  (agents: {', '.join(names)}; OpenAPI: {url}/docs; metrics: {url}/metrics)",
+        models,
+        f"API key (shown once, keep it): {key}" if key else "API keys: corral keys create --tenant T --principal P",
+        "",
+        "curl:",
+        f"  curl -s {url}/assistants/search -H 'x-api-key: {shown}' -H 'content-type: application/json' -d '{{}}'",
+        f"  curl -N {url}/runs/stream -H 'x-api-key: {shown}' -H 'content-type: application/json' \\",
+        f"       -d '{body}'",
+        "",
+        "langgraph-sdk (pip install langgraph-sdk):",
+        "  import asyncio",
+        "  from langgraph_sdk import get_client",
+        "",
+        "  async def main():",
+        f'      client = get_client(url="{url}", api_key="{shown}")',
+        "      thread = await client.threads.create()",
+        "      async for part in client.runs.stream(",
+        f'          thread["thread_id"], "{chat}", stream_mode="messages-tuple",',
+        '          input={"messages": [{"role": "user", "content": "Where is my order A-1001?"}]},',
+        "      ):",
+        "          print(part.event, part.data)",
+        "",
+        "  asyncio.run(main())",
+    ]
+    return "\n".join(lines)
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api import create_api, create_key
+
+    app = load_app(args.app)
+    if args.no_worker:  # this process executes no run, so it needs no model
+        app.configure(database_url=args.database_url)
+        models = "models: none here (--no-worker); the workers' own"
+    else:
+        models = configure_app(app, args)
+    key = None
+    if args.dev:
+        async with open_store(app.settings) as store:
+            key = await create_key(store, app.settings.tenant, "dev", ("admin",))
+    api = create_api(app, worker=not args.no_worker)
+    config = uvicorn.Config(
+        api,
+        host=args.host,
+        port=args.port,
+        lifespan="on",
+        log_level="debug" if args.verbose else "info",
+        timeout_graceful_shutdown=max(1, int(app.settings.drain_grace)),  # open streams reconnect elsewhere
+    )
+    server = uvicorn.Server(config)
+
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        print(_banner(app, f"http://{args.host}:{args.port}", key, models), flush=True)
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await server.serve()
+    finally:
+        announcer.cancel()
+    return 0
+
+
+async def cmd_keys_create(args: argparse.Namespace) -> int:
+    from .api import create_key
+
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    async with open_store(_settings(args)) as store:
+        key = await create_key(store, args.tenant, args.principal, roles)
+    print(key, flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     default_db = os.environ.get("CORRAL_DATABASE_URL") or "sqlite:///./corral.db"
     common = argparse.ArgumentParser(add_help=False)
@@ -294,6 +396,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session_id")
     p.add_argument("payload", help="the message as JSON")
     p.set_defaults(func=cmd_message)
+
+    p = sub.add_parser("serve", parents=[common], help="serve the LangGraph-compatible HTTP API (and run a worker)")
+    p.add_argument("app", help="MODULE:APP")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8123)
+    p.add_argument("--dev", action="store_true", help="create an API key for local use and print it")
+    p.add_argument("--no-worker", action="store_true", help="serve only; `corral worker` processes execute runs")
+    p.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    p = keys.add_parser("create", parents=[common], help="create an API key and print it (shown only once)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--principal", required=True)
+    p.add_argument("--roles", default="", help="comma-separated roles, e.g. admin,support")
+    p.set_defaults(func=cmd_keys_create)
 
     db = sub.add_parser("db", help="the database schema").add_subparsers(dest="db_command", required=True)
     p = db.add_parser("upgrade", parents=[common], help="apply pending migrations (safe while others start)")

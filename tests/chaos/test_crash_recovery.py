@@ -21,6 +21,34 @@ import chaos_agents
 pytestmark = pytest.mark.chaos
 
 
+async def pause_outside_a_write(proc, database_url: str) -> None:
+    """SIGSTOP the process at a moment it holds no SQLite write lock.
+
+    A SQLite file has one writer at a time: a process paused inside a write transaction blocks
+    every other process until it continues (a property of SQLite, not of Corral). The test is about
+    fencing, so it pauses the worker between its transactions. PostgreSQL has no such lock.
+    """
+    import sqlite3
+
+    from corral.store.sqlite import sqlite_path
+
+    for _ in range(100):
+        proc.send_signal(signal.SIGSTOP)
+        if not database_url.startswith("sqlite"):
+            return
+        conn = sqlite3.connect(sqlite_path(database_url), timeout=0.05, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # paused mid-write: let it finish and try again
+            proc.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.01)
+        finally:
+            conn.close()
+    raise AssertionError("could not pause the worker outside a write transaction")
+
+
 def lines(path: Path) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
@@ -72,7 +100,7 @@ async def test_a_paused_worker_is_fenced_out_after_another_takes_over(database_u
         run_id = await app.submit("thirty", {"log": str(log), "steps": 20, "delay": 0.1})
         zombie = workers.start(database_url)
         await wait_lines(log, 4)
-        zombie.send_signal(signal.SIGSTOP)
+        await pause_outside_a_write(zombie, database_url)
         paused_with = len(lines(log))
         await asyncio.sleep(1.6)  # past the 1 s lease
         workers.start(database_url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 from ..store.base import Event
 
@@ -28,6 +29,11 @@ class EventBus:
     def __init__(self, maxsize: int = 10_000) -> None:
         self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._maxsize = maxsize
+        self._taps: list[Callable[[Event], None]] = []
+
+    def add_tap(self, tap: Callable[[Event], None]) -> None:
+        """Also hand every event published in this process to `tap` (metrics); it must not block."""
+        self._taps.append(tap)
 
     def subscribe(self, run_id: str) -> Subscription:
         sub = Subscription(run_id, self._maxsize)
@@ -42,6 +48,8 @@ class EventBus:
                 del self._subs[sub.run_id]
 
     def publish(self, event: Event) -> None:
+        for tap in self._taps:
+            tap(event)
         for sub in self._subs.get(event.run_id, ()):
             sub.put(event)
 

@@ -133,7 +133,8 @@ class Runner:
         event = Event(self.run.id, self._next_event, type_, data)
         self._next_event += 1
         self._pending.append(event)
-        self.app.bus.publish(event)
+        if type_ != "end":  # live; `end` only once the outcome is written, so a watcher can rely on it
+            self.app.bus.publish(event)
 
     def _take_events(self) -> list[Event]:
         events, self._pending = self._pending, []
@@ -310,9 +311,9 @@ class Runner:
         self, status: RunStatus, output_json: str | None, error: dict[str, Any] | None, output: Any = None
     ) -> Outcome:
         self.emit("end", {"status": status.value, "output": output, "error": error}, force=True)
-        await self._write(
-            self.store.finish_run(self.fence, status, output_json, error, self.time_used(), self._take_events())
-        )
+        events = self._take_events()
+        await self._write(self.store.finish_run(self.fence, status, output_json, error, self.time_used(), events))
+        self.app.bus.publish(events[-1])
         self.status = status
         return Outcome.FINISHED
 

@@ -45,6 +45,7 @@ class Worker:
         self._tasks: dict[str, asyncio.Task[Outcome | None]] = {}
         self._signal = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._check_now = asyncio.Event()
         self.completed = 0
 
     def stop(self) -> None:
@@ -57,6 +58,8 @@ class Worker:
         return self._stopping.is_set()
 
     def _on_store(self, topic: str) -> None:
+        if topic == "cancel":
+            self._check_now.set()  # a run this worker holds may have been cancelled elsewhere
         self._signal.set()
 
     async def run(self, *, burst: bool = False) -> None:
@@ -137,7 +140,11 @@ class Worker:
         interval = settings.lease_seconds / 3
         next_prune = time.monotonic() + settings.prune_interval / 10  # soon after start, then periodically
         while True:
-            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self._check_now.wait(), interval)
+            except TimeoutError:
+                pass
+            self._check_now.clear()
             if settings.prune_interval and time.monotonic() >= next_prune and self.only is None:
                 next_prune = time.monotonic() + settings.prune_interval
                 await self._prune()

@@ -108,11 +108,11 @@ class AnthropicModel(HttpChatModel):
             await self._raise_for_status(response)
             acc = _Message(self.provider, self._api_key)
             async for event in iter_sse(response.aiter_lines()):
+                if acc.stopped:
+                    continue  # drain the body so the connection is reused (see openai.py)
                 text = acc.event(event.event, loads_json(event.data, self.provider, f"a {event.event} event"))
                 if text:
                     yield Delta(text)
-                if acc.stopped:
-                    break
         final = acc.response(self.model)
         if acc.structured is not None and final.text:
             yield Delta(final.text)  # a structured answer arrives whole, as the forced tool's input

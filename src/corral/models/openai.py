@@ -92,9 +92,13 @@ class OpenAIModel(HttpChatModel):
             await self._raise_for_status(response)
             acc = _Accumulator(self.provider, self._api_key)
             async for event in iter_sse(response.aiter_lines()):
+                # Read to the end of the body even after [DONE]: a response left unread makes the
+                # client drop its connection, so every streamed call would pay a new handshake.
+                if acc.done:
+                    continue
                 if event.data.strip() == "[DONE]":
                     acc.done = True
-                    break
+                    continue
                 chunk = loads_json(event.data, self.provider, "a stream chunk")
                 text = acc.add(chunk)
                 if text:

@@ -307,6 +307,15 @@ class Store(abc.ABC):
         limit: int = 100,
     ) -> list[RunRecord]: ...
 
+    async def count_active_runs(self, tenant: str) -> int:
+        """How many of the tenant's runs are queued or running (admission control counts them).
+
+        This portable version lists them; backends override it with one COUNT query."""
+        total = 0
+        for status in (RunStatus.QUEUED, RunStatus.RUNNING):
+            total += len(await self.list_runs(status=status, tenant=tenant, limit=1_000_000))
+        return total
+
     @abc.abstractmethod
     async def list_steps(self, run_id: str) -> list[StepRecord]: ...
 

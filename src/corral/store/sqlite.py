@@ -441,6 +441,7 @@ class SQLiteStore(Store):
 
     async def record_step(self, fence: Fence, step: StepRecord, events: list[Event]) -> None:
         params = _step_params(step)
+        params["attempt"] = fence.attempt  # the write is fenced on the claim, whatever the record says
 
         def op(conn: sqlite3.Connection) -> None:
             if conn.execute(Q["upsert_step"], params).rowcount == 0:
@@ -572,6 +573,11 @@ class SQLiteStore(Store):
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM runs {where} ORDER BY seq DESC LIMIT :limit"
         return await self._call(lambda conn: [_run_record(r) for r in conn.execute(sql, params)], write=False)
+
+    async def count_active_runs(self, tenant: str) -> int:
+        return await self._call(
+            lambda conn: conn.execute(Q["count_active_runs"], {"tenant": tenant}).fetchone()[0], write=False
+        )
 
     async def list_steps(self, run_id: str) -> list[StepRecord]:
         return await self._call(

@@ -13,16 +13,9 @@ VALUES (:id, :session_id, :tenant, :principal, :roles, :agent, :agent_version, :
 RETURNING *;
 
 -- name: claim_candidates
--- Queued runs whose session has nothing earlier active or queued, parked runs that are due,
--- and running runs whose lease expired; each part uses its own partial index.
-SELECT id FROM (
-    SELECT id FROM runs AS r
-     WHERE status = 'queued' AND agent IN (SELECT value FROM json_each(:agents))
-       AND NOT EXISTS (SELECT 1 FROM runs AS o WHERE o.session_id = r.session_id
-                          AND (o.status IN ('running', 'waiting')
-                               OR (o.status = 'queued' AND o.seq < r.seq)))
-     ORDER BY seq LIMIT :limit)
-UNION ALL
+-- Parked runs that are due and running runs whose lease expired come first (they were started
+-- already), then queued runs whose session has nothing earlier active or queued; each part uses
+-- its own partial index.
 SELECT id FROM (
     SELECT id FROM runs WHERE status = 'waiting' AND wake_at <= :now
        AND agent IN (SELECT value FROM json_each(:agents)) ORDER BY wake_at LIMIT :limit)
@@ -30,6 +23,14 @@ UNION ALL
 SELECT id FROM (
     SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < :now
        AND agent IN (SELECT value FROM json_each(:agents)) ORDER BY lease_expires_at LIMIT :limit)
+UNION ALL
+SELECT id FROM (
+    SELECT id FROM runs AS r
+     WHERE status = 'queued' AND agent IN (SELECT value FROM json_each(:agents))
+       AND NOT EXISTS (SELECT 1 FROM runs AS o WHERE o.session_id = r.session_id
+                          AND (o.status IN ('running', 'waiting')
+                               OR (o.status = 'queued' AND o.seq < r.seq)))
+     ORDER BY seq LIMIT :limit)
 LIMIT :limit;
 
 -- name: claim_one
@@ -138,6 +139,11 @@ SELECT COUNT(*) FROM runs WHERE finished_at < :before
 -- name: stats
 SELECT status, COUNT(*), MIN(created_at) FROM runs
  WHERE status IN ('queued', 'running', 'waiting') GROUP BY status;
+
+-- name: count_active_runs
+-- Two counts, so that each reads only its status's partial index.
+SELECT (SELECT COUNT(*) FROM runs WHERE status = 'queued' AND tenant = :tenant)
+     + (SELECT COUNT(*) FROM runs WHERE status = 'running' AND tenant = :tenant);
 
 -- name: session_values
 SELECT "values", tenant FROM sessions WHERE id = :id;
