@@ -18,10 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/corral run examples.app:app support_bot --database-url $(DB) \
-		--input '{"message": "Where is my order A-1001, and what is the returns policy?"}'
-	$(BIN)/corral run examples.app:app research --database-url $(DB) \
-		--input '{"question": "Why do LLM agents fail in production?"}'
+	$(BIN)/corral serve examples.app:app --dev --database-url $(DB)
 
 lint: install
 	$(BIN)/ruff check .

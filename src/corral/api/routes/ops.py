@@ -1,0 +1,69 @@
+"""Operations: liveness, readiness, server info, Prometheus metrics and the autoscaling signal.
+None of these needs a key: probes and scrapers do not carry one, and nothing here is a tenant's."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from ... import __version__
+from ...errors import StoreError
+from ..deps import State
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/ok")
+async def ok() -> dict[str, bool]:
+    """Liveness: the process answers."""
+    return {"ok": True}
+
+
+@router.get("/ready", response_model=None)
+async def ready(state: State) -> dict[str, Any] | JSONResponse:
+    """Readiness: the store answers within 2 seconds."""
+    try:
+        await asyncio.wait_for(state.app.store.stats(time.time()), 2.0)
+    except (StoreError, TimeoutError) as exc:
+        return JSONResponse({"ok": False, "detail": f"store unreachable: {exc}"}, status_code=503)
+    return {"ok": True}
+
+
+@router.get("/info")
+async def info(state: State) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "server": "corral",
+        "flags": {"assistants": True, "crons": False, "langsmith": False, "store": True, "strict_resume": True},
+        "corral": {
+            "agents": state.app.agent_names(),
+            "worker": state.worker is not None,
+            "auth": state.auth,
+            "sse_heartbeat_seconds": state.heartbeat,
+        },
+    }
+
+
+@router.get("/metrics")
+async def metrics(state: State) -> Response:
+    stats = await state.app.store.stats(time.time())
+    return Response(state.metrics.render(stats), media_type=state.metrics.content_type)
+
+
+@router.get("/corral/scaling")
+async def scaling(state: State) -> dict[str, float]:
+    """The autoscaler's signal (KEDA metrics-api, HPA external metric): the backlog, and the work
+    in flight (queued + running) so that busy workers are not scaled away."""
+    stats = await state.app.store.stats(time.time())
+    queued, running = stats.get("queued", 0.0), stats.get("running", 0.0)
+    return {
+        "queued": queued,
+        "running": running,
+        "waiting": stats.get("waiting", 0.0),
+        "oldest_queued_age_seconds": stats.get("oldest_queued_age_seconds", 0.0),
+        "in_flight": queued + running,
+    }

@@ -1,0 +1,156 @@
+"""Server-sent events on the wire, and long responses that must notice a client leaving.
+
+`StreamResponse` is a plain ASGI response that writes an async iterator of chunks while it listens
+for the client's disconnect, so a stream that loses its client stops at once and its cleanup
+(`on_close(disconnected)`) runs deterministically, not when the generator is garbage-collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ..errors import StoreError
+from .state import ApiState
+from .streams import PRELUDE, Mapper, Parked, follow, sse_id
+
+HEARTBEAT = b": heartbeat\n\n"
+
+
+def encode(event: str, data: Any, event_id: int | None = None) -> bytes:
+    """One event: an `id:` line, an `event:` line and exactly one `data:` line of JSON."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+    return f"{head}event: {event}\ndata: {body}\n\n".encode()
+
+
+class StreamResponse(Response):
+    """Streams `chunks`; stops when they end or the client disconnects, then calls `on_close`."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        media_type: str,
+        headers: dict[str, str] | None = None,
+        on_close: Callable[[bool], Awaitable[None]] | None = None,
+    ) -> None:
+        self.chunks = chunks
+        self.media_type = media_type
+        self.on_close = on_close
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers or {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = self.raw_headers
+        disconnected = False
+
+        async def pump() -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        writer = asyncio.create_task(pump())
+        listener = asyncio.create_task(listen())
+        try:
+            await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
+            if not writer.done():
+                disconnected = True
+            elif (exc := writer.exception()) is not None:
+                if not isinstance(exc, OSError):
+                    raise exc
+                disconnected = True  # the client went away while we wrote
+        finally:
+            for task in (writer, listener):
+                task.cancel()
+            await asyncio.gather(writer, listener, return_exceptions=True)
+            await self.chunks.aclose()  # type: ignore[attr-defined]
+            if self.on_close is not None:
+                await self.on_close(disconnected)
+
+
+def stream_headers(thread_id: str, run_id: str) -> dict[str, str]:
+    """Where the run is (`Content-Location`) and where to reconnect to it (`Location`, same origin)."""
+    base = f"/threads/{thread_id}/runs/{run_id}"
+    return {
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",
+        "Content-Location": base,
+        "Location": f"{base}/stream",
+    }
+
+
+async def run_events(
+    state: ApiState,
+    mapper: Mapper,
+    *,
+    after: int,
+    skip_to: int = 0,
+    prelude: bool = False,
+) -> AsyncIterator[bytes]:
+    """The SSE bytes of one run from Corral event `after` on, skipping SSE ids up to `skip_to`.
+
+    With `prelude`, the stream first says metadata and values at the two positions kept for
+    that after event `after` (a resumed run's stream)."""
+    metrics = state.metrics
+
+    def out(event_id: int, position: int, part: tuple[str, Any]) -> bytes | None:
+        number = sse_id(event_id, position)
+        if number <= skip_to:
+            return None
+        metrics.sse_events.inc()
+        return encode(part[0], part[1], number)
+
+    if prelude:
+        parts = (await mapper.start(mapper.run.attempt))[:2]
+        for position, part in enumerate(parts, PRELUDE):
+            if (chunk := out(after, position, part)) is not None:
+                yield chunk
+    last = after
+    try:
+        async for item in follow(state.app, mapper.run.id, after, state.heartbeat):
+            if item is None:
+                yield HEARTBEAT
+                continue
+            if isinstance(item, Parked):
+                parts, event_id = await mapper.parked(item), last
+            else:
+                parts, event_id = await mapper.map(item), item.id
+                last = item.id
+            for position, part in enumerate(parts[:PRELUDE]):
+                if (chunk := out(event_id, position, part)) is not None:
+                    yield chunk
+    except StoreError as exc:  # the store failed mid-stream: say so, the client may reconnect
+        yield encode("error", {"error": type(exc).__name__, "message": str(exc)})
+
+
+async def json_with_heartbeats(state: ApiState, result: Awaitable[Any]) -> AsyncIterator[bytes]:
+    """A JSON body that may take long: newlines (JSON whitespace) keep the connection alive until
+    the value is ready. Errors after the headers are sent end up in the body as `__error__`."""
+    task = asyncio.ensure_future(result)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=state.heartbeat)
+            if done:
+                break
+            yield b"\n"
+        try:
+            value = task.result()
+        except StoreError as exc:
+            value = {"__error__": {"error": type(exc).__name__, "message": str(exc)}}
+        yield json.dumps(value, ensure_ascii=False, default=str).encode()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
