@@ -20,7 +20,7 @@ async def client(server):
         yield c
 
 
-async def _status(client, tid, rid, want, timeout=10.0):
+async def _status(client, tid, rid, want, timeout=30.0):
     for _ in range(int(timeout / 0.05)):
         run = await client.runs.get(tid, rid)
         if run["status"] == want:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -27,8 +29,10 @@ class Workers:
         path: Path = HERE,
         lease: float = 1.0,
         concurrency: int = 4,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
+        """Start `corral worker`; `env` adds or overrides CORRAL_* settings."""
+        env_overrides, env = dict(env or {}), dict(os.environ)
         env.update(
             {
                 "PYTHONPATH": os.pathsep.join([str(path), env.get("PYTHONPATH", "")]),
@@ -38,6 +42,7 @@ class Workers:
                 "CORRAL_DRAIN_GRACE": "2",
             }
         )
+        env.update(env_overrides)
         log_path = self.tmp_path / f"worker-{len(self.procs)}.log"
         with open(log_path, "wb") as log:  # the child keeps its own handle
             proc = subprocess.Popen(
@@ -63,6 +68,16 @@ class Workers:
 
     def output(self, proc: subprocess.Popen[bytes]) -> str:
         return Path(proc.log_path).read_text()  # type: ignore[attr-defined]
+
+    async def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+        """Return once the worker has installed its signal handlers and started working."""
+        deadline = time.monotonic() + timeout
+        while " ready" not in self.output(proc):
+            if proc.poll() is not None:
+                raise AssertionError(f"the worker exited with {proc.returncode}:\n{self.output(proc)}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker was not ready within {timeout}s:\n{self.output(proc)}")
+            await asyncio.sleep(0.02)
 
     def stop_all(self) -> None:
         for proc in self.procs:
