@@ -94,7 +94,7 @@ class Runner:
         self.fence = Fence(claim.run.id, claim.run.attempt)
         self.agent = app.get_agent(claim.run.agent)
         self.limits = Limits.from_dict(claim.run.limits)
-        self.journal: dict[str, StepRecord] = dict(list(claim.steps.items())[:-1])  # MUTATION
+        self.journal: dict[str, StepRecord] = dict(claim.steps)
         self.status: RunStatus | None = None
         self.cancel_requested = claim.run.cancel_requested
         self.draining = False
