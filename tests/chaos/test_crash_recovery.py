@@ -8,6 +8,7 @@ import signal
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,9 @@ async def pause_outside_a_write(proc, database_url: str) -> None:
 
     A SQLite file has one writer at a time: a process paused inside a write transaction blocks
     every other process until it continues (a property of SQLite, not of Corral). The test is about
-    fencing, so it pauses the worker between its transactions. PostgreSQL has no such lock.
+    fencing, so it pauses the worker between its transactions. On PostgreSQL a paused worker may
+    hold a run's row for a few seconds, until the server ends its idle transaction (see
+    `test_a_worker_frozen_inside_a_transaction_does_not_keep_its_runs_from_others`).
     """
     import sqlite3
 
@@ -121,6 +124,44 @@ async def test_a_paused_worker_is_fenced_out_after_another_takes_over(database_u
         run = await app.get_run(run_id)
         assert run.status is RunStatus.SUCCEEDED and run.attempt == 2
         assert_event_order(await app.events(run_id))
+
+
+async def test_a_worker_frozen_inside_a_transaction_does_not_keep_its_runs_from_others(postgres_url, workers, tmp_path):
+    """PostgreSQL: a worker stopped between a statement and its COMMIT holds its run's row, which
+    a claim skips. The server ends such a transaction, so the run is reclaimed all the same."""
+    import psycopg
+
+    from corral.store.postgres import parse_url
+
+    name = f"frozen_{uuid.uuid4().hex[:8]}"
+    admin = await psycopg.AsyncConnection.connect(parse_url(postgres_url).conninfo, autocommit=True)
+    async with admin, make_app(postgres_url, [chaos_agents.thirty]) as app:
+        run_ids = [
+            await app.submit("thirty", {"log": str(tmp_path / f"{k}.log"), "steps": 5000, "delay": 0.005})
+            for k in range(4)
+        ]
+        zombie = workers.start(f"{postgres_url}&application_name={name}")
+        await workers.wait_ready(zombie)
+        for _ in range(3000):  # stop it until it is caught holding a transaction open (not just BEGIN)
+            zombie.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(0.03)  # the server finishes the statement the worker sent
+            cur = await admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+                " AND state = 'idle in transaction' AND query <> 'BEGIN'",
+                (name,),
+            )
+            if await cur.fetchone():
+                break
+            zombie.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the worker was never caught inside a transaction")
+        held = {rid: (await app.get_run(rid)).attempt for rid in run_ids}
+        workers.start(postgres_url)
+        deadline = time.monotonic() + 30
+        while stuck := [rid for rid in run_ids if (await app.get_run(rid)).attempt == held[rid]]:
+            assert time.monotonic() < deadline, f"never reclaimed from the frozen worker: {stuck}"
+            await asyncio.sleep(0.1)
 
 
 AGENT_SOURCE = """

@@ -46,6 +46,7 @@ class Worker:
         self._signal = asyncio.Event()
         self._stopping = asyncio.Event()
         self._check_now = asyncio.Event()
+        self._cancels = 0  # cancel notifications seen: one during a claim is checked after it
         self.completed = 0
 
     def stop(self) -> None:
@@ -59,6 +60,7 @@ class Worker:
 
     def _on_store(self, topic: str) -> None:
         if topic == "cancel":
+            self._cancels += 1
             self._check_now.set()  # a run this worker holds may have been cancelled elsewhere
         self._signal.set()
 
@@ -76,6 +78,7 @@ class Worker:
                 claimed = 0
                 free = self.concurrency - len(self.active)
                 if free > 0:
+                    cancels_before = self._cancels
                     try:
                         claims = await store.claim_runs(
                             self.id, min(free, 64), agents, settings.lease_seconds, time.time(), self.only
@@ -86,6 +89,10 @@ class Worker:
                     for claim in claims:
                         self._start(claim)
                     claimed = len(claims)
+                    if claims and self._cancels != cancels_before:
+                        # A cancel may have landed after the claim read the run and before its
+                        # runner was registered: look at the flags now, not at the next heartbeat.
+                        self._check_now.set()
                 if burst and not claimed and not self.active:
                     return
                 if self.only is not None and not claimed and not self.active:

@@ -200,6 +200,7 @@ class Database:
             await pool.close()
 
     async def _configure(self, conn: Conn) -> None:
+        await conn.execute(Q["session_settings"])
         if self.schema:
             await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
 

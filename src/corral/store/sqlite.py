@@ -1,38 +1,31 @@
 """The SQLite store: one file in WAL mode, shared by any number of processes.
 
-All database work of a process goes through one thread that owns the connection. While it
-commits, new operations queue up; it then runs the whole queue in one transaction (group commit),
-so 100 concurrent runs cost a handful of commits, not 100, and the event loop never blocks on I/O.
+All database work of a process goes through one thread that owns the connection and commits in
+groups (`_sqlite_db`); this module holds the runs the engine drives, `_sqlite_sessions` the
+sessions, items and keys the HTTP API reads and writes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .._json import dumps, loads
-from ..errors import ConfigError, Conflict, LeaseLost, RunNotFound, SessionExists, SessionNotFound, StoreError
-from . import values as reducer
+from ..errors import LeaseLost, RunNotFound, SessionNotFound, StoreError
+from ._sqlite_db import Op, _DbThread, sqlite_path
+from ._sqlite_sessions import SessionsMixin, fold_run
 from .base import (
-    ApiKey,
-    Checkpoint,
     Claim,
     Event,
     Fence,
-    Item,
     Message,
     NewRun,
     Renewal,
     RunRecord,
     RunStatus,
-    SessionRecord,
-    SessionStatus,
     StepKind,
     StepRecord,
     StepStatus,
@@ -41,142 +34,6 @@ from .base import (
 from .sql import load_migrations, load_queries
 
 Q = load_queries("sqlite")
-_BATCH_MAX = 512
-_NS_SEP = "\x1f"
-CHECKPOINTS_KEPT = 100  # per session; older ones are trimmed as new ones are written
-_STOP = object()
-
-Op = Callable[[sqlite3.Connection], Any]
-
-
-def sqlite_path(url: str) -> str:
-    """`sqlite:///relative.db`, `sqlite:////abs/path.db` or `sqlite://:memory:` to a path."""
-    if not url.startswith("sqlite://"):
-        raise ConfigError(f"not a sqlite URL: {url!r}")
-    rest = url[len("sqlite://") :]
-    if rest in (":memory:", "/:memory:"):
-        raise ConfigError("an in-memory SQLite database cannot be shared; use a file path")
-    if not rest.startswith("/"):
-        raise ConfigError(f"expected sqlite:///path, got {url!r}")
-    path = rest[1:]
-    if not path:
-        raise ConfigError(f"no file path in {url!r}")
-    return path
-
-
-class _DbThread:
-    """The thread that owns the connection and commits queued operations in groups."""
-
-    def __init__(self, path: str, synchronous: str) -> None:
-        self._path = path
-        self._synchronous = synchronous
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._main, name="corral-sqlite", daemon=True)
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self.batches = 0
-        self.ops = 0
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise StoreError(f"cannot open SQLite database {self._path}: {self._error}") from self._error
-
-    def stop(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join()
-
-    def submit(self, op: Op, write: bool = True) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._queue.put((op, write, fut, loop))
-        return fut
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
-
-    def _main(self) -> None:
-        try:
-            conn = self._connect()
-        except BaseException as exc:  # noqa: BLE001 - reported to the opener
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        stopping = False
-        while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < _BATCH_MAX:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if _STOP in batch:
-                stopping = True
-                batch = [item for item in batch if item is not _STOP]
-            if batch:
-                self._run(conn, batch)
-        conn.close()
-
-    def _run(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
-        self.batches += 1
-        self.ops += len(batch)
-        write = any(item[1] for item in batch)
-        try:
-            outcomes = self._transaction(conn, [item[0] for item in batch], write)
-        except BaseException:  # noqa: BLE001 - an op failed (or was fenced): run each alone so only it fails
-            outcomes = []
-            for op, w, _, _ in batch:
-                try:
-                    outcomes.extend(self._transaction(conn, [op], w))
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller, never kills the thread
-                    outcomes.append((False, _translate(exc)))
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_, _, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(loop, []).append((fut, ok, value))
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_resolve, items)
-            except RuntimeError:  # that loop is closed; nobody is waiting any more
-                pass
-
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, ops: list[Op], write: bool) -> list[tuple[bool, Any]]:
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            results = [(True, op(conn)) for op in ops]
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return results
-
-
-def _translate(exc: BaseException) -> BaseException:
-    """sqlite3's errors become StoreError here, at the boundary; Corral's own pass through."""
-    if isinstance(exc, sqlite3.Error):
-        err = StoreError(f"SQLite: {exc}")
-        err.__cause__ = exc
-        return err
-    return exc
-
-
-def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in items:
-        if fut.done():
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
 
 
 def _run_record(row: sqlite3.Row) -> RunRecord:
@@ -238,74 +95,12 @@ def _step_params(step: StepRecord) -> dict[str, Any]:
     }
 
 
-def _fold_run(conn: sqlite3.Connection, run_id: str, status: RunStatus, output_json: str | None, now: float) -> None:
-    """Merge a finished run's input (and output, if it succeeded) into its session's values."""
-    session_id, input_json = conn.execute(Q["run_input"], {"run_id": run_id}).fetchone()
-    current = loads(conn.execute(Q["session_values"], {"id": session_id}).fetchone()[0])
-    ok = status is RunStatus.SUCCEEDED
-    update = reducer.run_update(loads(input_json), ok, loads(output_json) if ok and output_json else None)
-    _write_values(
-        conn, session_id, reducer.merge(current, update), run_id, {"source": "run", "status": status.value}, now
-    )
-
-
-def _write_values(
-    conn: sqlite3.Connection,
-    session_id: str,
-    new_values: dict[str, Any],
-    run_id: str | None,
-    metadata: dict[str, Any],
-    now: float,
-) -> None:
-    text = dumps(new_values)
-    conn.execute(Q["set_session_values"], {"id": session_id, "values": text, "now": now})
-    conn.execute(
-        Q["insert_checkpoint"],
-        {"session_id": session_id, "run_id": run_id, "values": text, "metadata": dumps(metadata), "now": now},
-    )
-    conn.execute(Q["trim_checkpoints"], {"session_id": session_id, "keep": CHECKPOINTS_KEPT})
-
-
-def _session_record(row: sqlite3.Row) -> SessionRecord:
-    return SessionRecord(
-        id=row["id"],
-        tenant=row["tenant"],
-        principal=row["principal"],
-        metadata=loads(row["metadata"]),
-        values=loads(row["values"]),
-        status=SessionStatus(row["session_status"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
-def _ns(namespace: tuple[str, ...]) -> str:
-    return _NS_SEP.join(namespace)
-
-
-def _item(row: sqlite3.Row) -> Item:
-    return Item(
-        tuple(row["namespace"].split(_NS_SEP)) if row["namespace"] else (),
-        row["key"],
-        loads(row["value"]),
-        row["created_at"],
-        row["updated_at"],
-    )
-
-
-def _contains(value: Any, pattern: Any) -> bool:
-    """True when `value` holds everything in `pattern` (dicts recursively, other values equal)."""
-    if isinstance(pattern, dict):
-        return isinstance(value, dict) and all(k in value and _contains(value[k], v) for k, v in pattern.items())
-    return value == pattern
-
-
 def _insert_events(conn: sqlite3.Connection, events: list[Event], now: float) -> None:
     if events:
         conn.executemany(Q["insert_event"], [(e.run_id, e.id, e.type, dumps(e.data), now) for e in events])
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SessionsMixin, Store):
     """Store on a SQLite file in WAL mode."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
@@ -523,7 +318,7 @@ class SQLiteStore(Store):
             if cur.rowcount == 0:
                 raise LeaseLost(fence.run_id, fence.attempt)
             _insert_events(conn, events, now)
-            _fold_run(conn, fence.run_id, status, output_json, now)
+            fold_run(conn, fence.run_id, status, output_json, now)
 
         await self._call(op)
         self._notify("run")  # the session's next queued run may start
@@ -623,231 +418,6 @@ class SQLiteStore(Store):
             return Message(msg["id"], row[0], loads(msg["payload"]), msg["created_at"])
 
         return await self._call(op)
-
-    # sessions ------------------------------------------------------------------------------
-    @staticmethod
-    def _session(conn: sqlite3.Connection, session_id: str, tenant: str | None) -> SessionRecord:
-        row = conn.execute(Q["session_select"] + " WHERE id = :id", {"id": session_id}).fetchone()
-        if row is None or (tenant is not None and row["tenant"] != tenant):
-            raise SessionNotFound(session_id)
-        return _session_record(row)
-
-    async def create_session(
-        self,
-        session_id: str,
-        tenant: str,
-        principal: str | None,
-        metadata: dict[str, Any],
-        now: float,
-        *,
-        if_exists: str = "raise",
-    ) -> SessionRecord:
-        def op(conn: sqlite3.Connection) -> SessionRecord:
-            cur = conn.execute(
-                Q["create_session"],
-                {"id": session_id, "tenant": tenant, "principal": principal, "metadata": dumps(metadata), "now": now},
-            )
-            if cur.rowcount == 0:
-                existing = conn.execute(Q["session_tenant"], {"id": session_id}).fetchone()
-                if if_exists != "do_nothing" or existing[0] != tenant:
-                    raise SessionExists(session_id)
-            return self._session(conn, session_id, tenant)
-
-        return await self._call(op)
-
-    async def get_session(self, session_id: str, tenant: str | None) -> SessionRecord:
-        return await self._call(lambda conn: self._session(conn, session_id, tenant), write=False)
-
-    async def update_session(
-        self,
-        session_id: str,
-        tenant: str | None,
-        now: float,
-        *,
-        metadata: dict[str, Any] | None = None,
-        values: dict[str, Any] | None = None,
-    ) -> SessionRecord:
-        def op(conn: sqlite3.Connection) -> SessionRecord:
-            current = self._session(conn, session_id, tenant)
-            if metadata is not None:
-                conn.execute(
-                    Q["set_session_metadata"],
-                    {"id": session_id, "now": now, "metadata": dumps({**current.metadata, **metadata})},
-                )
-            if values is not None:
-                _write_values(conn, session_id, values, None, {"source": "update"}, now)
-            return self._session(conn, session_id, tenant)
-
-        return await self._call(op)
-
-    async def delete_session(self, session_id: str, tenant: str | None) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            self._session(conn, session_id, tenant)
-            for name in (
-                "delete_session_steps",
-                "delete_session_events",
-                "delete_session_rest",
-                "delete_session_inbox",
-                "delete_session_checkpoints",
-                "delete_session_row",
-            ):
-                conn.execute(Q[name], {"id": session_id})
-
-        await self._call(op)
-        self._notify("cancel")
-
-    async def search_sessions(
-        self,
-        tenant: str | None,
-        *,
-        metadata: dict[str, Any] | None = None,
-        status: SessionStatus | None = None,
-        limit: int = 10,
-        offset: int = 0,
-    ) -> list[SessionRecord]:
-        clauses, params = [], {}
-        if tenant is not None:
-            clauses.append("tenant = :tenant")
-            params["tenant"] = tenant
-        if status is not None:
-            clauses.append("session_status = :status")
-            params["status"] = SessionStatus(status).value
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = Q["session_select"] + where + " ORDER BY updated_at DESC, id"
-
-        def op(conn: sqlite3.Connection) -> list[SessionRecord]:
-            out, skipped = [], 0
-            for row in conn.execute(sql, params):
-                record = _session_record(row)
-                if metadata and not _contains(record.metadata, metadata):
-                    continue
-                if skipped < offset:
-                    skipped += 1
-                    continue
-                out.append(record)
-                if len(out) >= limit:
-                    break
-            return out
-
-        return await self._call(op, write=False)
-
-    async def list_checkpoints(
-        self, session_id: str, tenant: str | None, limit: int = 10, before: int | None = None
-    ) -> list[Checkpoint]:
-        def op(conn: sqlite3.Connection) -> list[Checkpoint]:
-            self._session(conn, session_id, tenant)
-            rows = conn.execute(Q["list_checkpoints"], {"session_id": session_id, "before": before, "limit": limit})
-            return [
-                Checkpoint(
-                    r["session_id"], r["id"], r["run_id"], loads(r["values"]), loads(r["metadata"]), r["created_at"]
-                )
-                for r in rows
-            ]
-
-        return await self._call(op, write=False)
-
-    async def delete_run(self, run_id: str, tenant: str | None) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            run = self._get(conn, run_id, tenant)
-            if not run.status.terminal:
-                raise Conflict(f"run {run_id} is {run.status.value}; cancel it first")
-            for name in ("delete_run_steps", "delete_run_events", "delete_run_row"):
-                conn.execute(Q[name], {"run_id": run_id})
-
-        await self._call(op)
-
-    # items -------------------------------------------------------------------------------
-    async def put_item(
-        self, tenant: str, namespace: tuple[str, ...], key: str, value: dict[str, Any], now: float
-    ) -> None:
-        params = {"tenant": tenant, "namespace": _ns(namespace), "key": key, "value": dumps(value), "now": now}
-        await self._call(lambda conn: conn.execute(Q["put_item"], params) and None)
-
-    async def get_item(self, tenant: str, namespace: tuple[str, ...], key: str) -> Item | None:
-        def op(conn: sqlite3.Connection) -> Item | None:
-            row = conn.execute(Q["get_item"], {"tenant": tenant, "namespace": _ns(namespace), "key": key}).fetchone()
-            return _item(row) if row else None
-
-        return await self._call(op, write=False)
-
-    async def delete_item(self, tenant: str, namespace: tuple[str, ...], key: str) -> None:
-        params = {"tenant": tenant, "namespace": _ns(namespace), "key": key}
-        await self._call(lambda conn: conn.execute(Q["delete_item"], params) and None)
-
-    async def search_items(
-        self,
-        tenant: str,
-        prefix: tuple[str, ...],
-        *,
-        filter: dict[str, Any] | None = None,
-        query: str | None = None,
-        limit: int = 10,
-        offset: int = 0,
-    ) -> list[Item]:
-        needle = query.lower() if query else None
-
-        def op(conn: sqlite3.Connection) -> list[Item]:
-            out, skipped = [], 0
-            for row in conn.execute(Q["items_under"], {"tenant": tenant, "prefix": _ns(prefix)}):
-                if needle is not None and needle not in row["value"].lower():
-                    continue
-                item = _item(row)
-                if filter and not _contains(item.value, filter):
-                    continue
-                if skipped < offset:
-                    skipped += 1
-                    continue
-                out.append(item)
-                if len(out) >= limit:
-                    break
-            return out
-
-        return await self._call(op, write=False)
-
-    async def list_namespaces(
-        self,
-        tenant: str,
-        *,
-        prefix: tuple[str, ...] = (),
-        suffix: tuple[str, ...] = (),
-        max_depth: int | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[tuple[str, ...]]:
-        def op(conn: sqlite3.Connection) -> list[tuple[str, ...]]:
-            seen: dict[tuple[str, ...], None] = {}
-            for (ns,) in conn.execute(Q["namespaces"], {"tenant": tenant, "prefix": _ns(prefix)}):
-                parts = tuple(ns.split(_NS_SEP)) if ns else ()
-                if suffix and parts[-len(suffix) :] != suffix:
-                    continue
-                seen[parts[:max_depth] if max_depth else parts] = None
-            return list(seen)[offset : offset + limit]
-
-        return await self._call(op, write=False)
-
-    # API keys ----------------------------------------------------------------------------
-    async def create_api_key(
-        self, key_id: str, key_hash: str, tenant: str, principal: str, roles: tuple[str, ...], now: float
-    ) -> ApiKey:
-        params = {
-            "id": key_id,
-            "key_hash": key_hash,
-            "tenant": tenant,
-            "principal": principal,
-            "roles": dumps(list(roles)),
-            "now": now,
-        }
-        await self._call(lambda conn: conn.execute(Q["insert_api_key"], params) and None)
-        return ApiKey(key_id, tenant, principal, tuple(roles), now)
-
-    async def find_api_key(self, key_hash: str) -> ApiKey | None:
-        def op(conn: sqlite3.Connection) -> ApiKey | None:
-            row = conn.execute(Q["find_api_key"], {"key_hash": key_hash}).fetchone()
-            if row is None:
-                return None
-            return ApiKey(row["id"], row["tenant"], row["principal"], tuple(loads(row["roles"])), row["created_at"])
-
-        return await self._call(op, write=False)
 
     # upkeep --------------------------------------------------------------------------------
     async def prune(self, finished_before: float) -> int:

@@ -2,6 +2,14 @@
 -- Fenced writes hold the run's row (FOR SHARE, or the UPDATE's own lock) so that a claim and
 -- a stale attempt's write can never interleave: whichever comes second sees the other.
 
+-- name: session_settings
+-- Run on every new connection. The store's transactions wait on nothing but the database, so one
+-- left idle this long belongs to a client that stopped (frozen, cut off by the network, its event
+-- loop blocked): the server ends it, so the row locks it holds cannot keep other workers from
+-- reclaiming its runs once their leases expire (a claim skips locked rows). A client that was
+-- only slow finds its connection closed, which the store's retry boundary handles.
+SET idle_in_transaction_session_timeout = '5s';
+
 -- name: insert_session
 INSERT INTO sessions (id, tenant, principal, created_at, updated_at)
 VALUES (%(id)s, %(tenant)s, %(principal)s, %(now)s, %(now)s)
