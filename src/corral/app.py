@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from ._ids import new_id
 from ._json import dumps
 from .agent import Agent, AgentFunction, AnyAgent
 from .config import Settings
@@ -203,8 +203,8 @@ class App:
                 limit=self.settings.max_input_bytes,
             )
         run = NewRun(
-            id=str(uuid.uuid4()),
-            session_id=session_id or str(uuid.uuid4()),
+            id=new_id(),
+            session_id=session_id or new_id(),
             tenant=tenant or self.settings.tenant,
             principal=principal,
             roles=tuple(roles),

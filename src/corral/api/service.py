@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from .._ids import new_id
 from .._json import dumps
 from ..errors import PayloadTooLarge, SessionNotFound, StoreError
 from ..store.base import RunRecord, RunStatus
@@ -170,7 +170,7 @@ async def start_run(state: ApiState, caller: Caller, thread_id: str | None, body
         await state.store.create_session(
             thread_id, tenant, caller.principal, {"graph_id": agent.name}, time.time(), if_exists="do_nothing"
         )
-    session_id = thread_id or str(uuid.uuid4())
+    session_id = thread_id or new_id()
     metadata = {
         **(body.metadata or {}),
         API_KEY: {

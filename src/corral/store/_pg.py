@@ -216,6 +216,7 @@ class Database:
         write: bool = True,
         idempotent: bool = False,
         verify: Callable[[Conn], Awaitable[Any]] | None = None,
+        single_statement: bool = False,
     ) -> T:
         """Run `op` (in a transaction when `write`) and translate psycopg's errors.
 
@@ -238,6 +239,11 @@ class Database:
                             raise StoreError(f"PostgreSQL {what}: no live connection within {self.retry_seconds}s")
                         continue  # dropped by the server: the pool discards it; take the next one now
                     if not write:
+                        return await op(conn)
+                    if single_statement:
+                        # One statement is atomic on its own (autocommit): no BEGIN and COMMIT round
+                        # trips. A failure while it runs leaves its outcome as unknown as a failed COMMIT.
+                        committing = True
                         return await op(conn)
                     async with conn.transaction():
                         result = await op(conn)

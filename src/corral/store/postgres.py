@@ -255,7 +255,7 @@ class PostgresStore(SessionsMixin, Store):
             landed = row is not None and row["attempt"] == step.attempt and row["status"] == step.status
             return None if landed else MISSING
 
-        await self._run("record_step", op, verify=verify)
+        await self._run("record_step", op, verify=verify, single_statement=True)
 
     async def append_events(self, fence: Fence, events: list[Event]) -> None:
         if not events:

@@ -158,8 +158,8 @@ step AS (
 written AS (
     INSERT INTO events (run_id, id, type, data, created_at)
     SELECT e.run_id, e.id, e.type, e.data, %(now)s
-      FROM unnest(%(event_runs)s::text[], %(event_ids)s::bigint[], %(event_types)s::text[],
-                  %(event_data)s::text[]) AS e (run_id, id, type, data)
+      FROM unnest(%(event_runs)b::text[], %(event_ids)b::bigint[], %(event_types)b::text[],
+                  %(event_data)b::text[]) AS e (run_id, id, type, data)
      WHERE EXISTS (SELECT 1 FROM step)
 )
 SELECT count(*) AS written FROM step;
@@ -179,7 +179,7 @@ ON CONFLICT (run_id, seq) DO UPDATE
 -- name: insert_events
 INSERT INTO events (run_id, id, type, data, created_at)
 SELECT e.run_id, e.id, e.type, e.data, %(now)s
-  FROM unnest(%(event_runs)s::text[], %(event_ids)s::bigint[], %(event_types)s::text[], %(event_data)s::text[])
+  FROM unnest(%(event_runs)b::text[], %(event_ids)b::bigint[], %(event_types)b::text[], %(event_data)b::text[])
        AS e (run_id, id, type, data);
 
 -- name: park
@@ -206,8 +206,8 @@ WITH done AS (
 written AS (
     INSERT INTO events (run_id, id, type, data, created_at)
     SELECT e.run_id, e.id, e.type, e.data, %(now)s
-      FROM unnest(%(event_runs)s::text[], %(event_ids)s::bigint[], %(event_types)s::text[],
-                  %(event_data)s::text[]) AS e (run_id, id, type, data)
+      FROM unnest(%(event_runs)b::text[], %(event_ids)b::bigint[], %(event_types)b::text[],
+                  %(event_data)b::text[]) AS e (run_id, id, type, data)
      WHERE EXISTS (SELECT 1 FROM done)
 )
 SELECT session_id, input, pg_notify(%(channel)s, %(payload)s) AS notified FROM done;
