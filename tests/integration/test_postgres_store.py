@@ -282,6 +282,11 @@ def test_corral_options_are_taken_out_of_the_url_and_checked():
     assert "schema" not in opts.conninfo and "pool_max_size" not in opts.conninfo
     assert "sslmode=require" in opts.conninfo and "application_name=corral" in opts.conninfo
     assert "application_name=mine" in parse_url("postgres://db/app?application_name=mine").conninfo
+    socket = parse_url("postgresql:///app?schema=s1").conninfo  # no host: libpq's Unix socket
+    assert socket.startswith("postgresql:///app?") and "schema" not in socket
+    import psycopg.conninfo
+
+    assert psycopg.conninfo.conninfo_to_dict(socket)["dbname"] == "app"
     for bad in ("schema=Robert'); DROP", "schema=UPPER", "pool_max_size=0", "pool_min_size=x"):
         with pytest.raises(ConfigError):
             parse_url(f"postgresql://db/app?{bad}")

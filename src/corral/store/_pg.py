@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeAlias, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg
 from psycopg import sql
@@ -76,7 +76,9 @@ def parse_url(url: str) -> PgOptions:
         raise ConfigError(f"pool_min_size and pool_max_size must be integers: {exc}") from exc
     if not 0 <= min_size <= max_size or max_size < 1:
         raise ConfigError(f"need 0 <= pool_min_size <= pool_max_size, pool_max_size >= 1; got {min_size}, {max_size}")
-    return PgOptions(urlunsplit(parts._replace(query=urlencode(rest))), schema, min_size, max_size)
+    # Built by hand: urlunsplit drops the "//" of a URL with no host (a Unix socket, postgresql:///db).
+    conninfo = f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(rest)}"
+    return PgOptions(conninfo, schema, min_size, max_size)
 
 
 class MigrationState(StrEnum):
