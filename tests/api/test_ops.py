@@ -13,7 +13,7 @@ async def test_health_info_scaling_and_openapi(server):
         info = (await http.get("/info")).json()
         assert info["flags"]["assistants"] is True and info["corral"]["worker"] is True
         scaling = (await http.get("/corral/scaling")).json()
-        assert set(scaling) == {"queued", "running", "waiting", "oldest_queued_age_seconds", "in_flight"}
+        assert set(scaling) == {"queued", "running", "waiting", "due", "oldest_queued_age_seconds", "in_flight"}
         doc = (await http.get("/openapi.json")).json()
         assert "/threads/{thread_id}/runs/stream" in doc["paths"] and "/store/items" in doc["paths"]
         assert (await http.get("/docs")).status_code == 200

@@ -304,7 +304,7 @@ async def test_prune_deletes_the_journals_of_finished_runs_only(store):
 
 async def test_stats_count_active_runs_and_the_oldest_queued_age(store):
     now = time.time()
-    assert await store.stats(now) == {"queued": 0, "running": 0, "waiting": 0, "oldest_queued_age_seconds": 0}
+    assert await store.stats(now) == {"queued": 0, "running": 0, "waiting": 0, "due": 0, "oldest_queued_age_seconds": 0}
     await store.create_run(new_run("r1", created_at=now - 5))
     await store.create_run(new_run("w1", created_at=now - 5))
     await claim(store, limit=2)
@@ -312,7 +312,9 @@ async def test_stats_count_active_runs_and_the_oldest_queued_age(store):
     await store.create_run(new_run("q1", created_at=now - 30))
     await store.create_run(new_run("q2", created_at=now - 10))
     stats = await store.stats(now)
-    assert stats == {"queued": 2, "running": 1, "waiting": 1, "oldest_queued_age_seconds": pytest.approx(30)}
+    assert stats == {"queued": 2, "running": 1, "waiting": 1, "due": 0, "oldest_queued_age_seconds": pytest.approx(30)}
+    later = await store.stats(now + 61)  # the parked run's timer has fired: a worker must take it
+    assert later["due"] == 1 and later["waiting"] == 1
 
 
 async def test_count_active_runs_counts_queued_and_running_per_tenant(store):

@@ -339,4 +339,5 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def stats(self, now: float) -> dict[str, float]:
-        """Counts for the scaling signal and metrics: queued, running, waiting, oldest age."""
+        """Counts for the scaling signal and metrics: queued, running, waiting, due (parked runs
+        whose timer fired or message arrived), and oldest_queued_age_seconds."""

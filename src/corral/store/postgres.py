@@ -476,10 +476,14 @@ class PostgresStore(SessionsMixin, Store):
         return await self._run("prune", op, idempotent=True)
 
     async def stats(self, now: float) -> dict[str, float]:
-        rows = await self._run("stats", lambda c: fetch_all(c, Q["stats"]), write=False)
-        out = {"queued": 0.0, "running": 0.0, "waiting": 0.0, "oldest_queued_age_seconds": 0.0}
+        async def op(conn: Conn) -> tuple[list[DictRow], DictRow | None]:
+            return await fetch_all(conn, Q["stats"]), await one(conn, Q["stats_due"], {"now": now})
+
+        rows, due = await self._run("stats", op, write=False)
+        out = {"queued": 0.0, "running": 0.0, "waiting": 0.0, "due": 0.0, "oldest_queued_age_seconds": 0.0}
         for row in rows:
             out[row["status"]] = float(row["n"])
             if row["status"] == "queued" and row["oldest"] is not None:
                 out["oldest_queued_age_seconds"] = max(0.0, now - row["oldest"])
+        out["due"] = float(due["n"]) if due else 0.0
         return out

@@ -431,11 +431,12 @@ class SQLiteStore(SessionsMixin, Store):
 
     async def stats(self, now: float) -> dict[str, float]:
         def op(conn: sqlite3.Connection) -> dict[str, float]:
-            out = {"queued": 0.0, "running": 0.0, "waiting": 0.0, "oldest_queued_age_seconds": 0.0}
+            out = {"queued": 0.0, "running": 0.0, "waiting": 0.0, "due": 0.0, "oldest_queued_age_seconds": 0.0}
             for status, count, oldest in conn.execute(Q["stats"]):
                 out[status] = float(count)
                 if status == "queued" and oldest is not None:
                     out["oldest_queued_age_seconds"] = max(0.0, now - oldest)
+            out["due"] = float(conn.execute(Q["stats_due"], {"now": now}).fetchone()[0])
             return out
 
         return await self._call(op, write=False)

@@ -57,13 +57,15 @@ async def metrics(state: State) -> Response:
 @router.get("/corral/scaling")
 async def scaling(state: State) -> dict[str, float]:
     """The autoscaler's signal (KEDA metrics-api, HPA external metric): the backlog, and the work
-    in flight (queued + running) so that busy workers are not scaled away."""
+    in flight (queued + running + parked runs now due) so that busy workers are not scaled away
+    and a fleet scaled to zero still wakes for a timer or a message."""
     stats = await state.app.store.stats(time.time())
-    queued, running = stats.get("queued", 0.0), stats.get("running", 0.0)
+    queued, running, due = stats.get("queued", 0.0), stats.get("running", 0.0), stats.get("due", 0.0)
     return {
         "queued": queued,
         "running": running,
         "waiting": stats.get("waiting", 0.0),
+        "due": due,
         "oldest_queued_age_seconds": stats.get("oldest_queued_age_seconds", 0.0),
-        "in_flight": queued + running,
+        "in_flight": queued + running + due,
     }

@@ -281,6 +281,10 @@ DELETE FROM events WHERE run_id IN (SELECT id FROM runs WHERE finished_at < %(be
 SELECT status, count(*) AS n, min(created_at) AS oldest FROM runs
  WHERE status IN ('queued', 'running', 'waiting') GROUP BY status;
 
+-- name: stats_due
+-- Parked runs whose timer fired or whose message arrived: work a worker must pick up now.
+SELECT count(*) AS n FROM runs WHERE status = 'waiting' AND wake_at <= %(now)s;
+
 -- name: count_active_runs
 SELECT count(*) AS n FROM runs WHERE tenant = %(tenant)s AND status IN ('queued', 'running');
 

@@ -140,6 +140,10 @@ SELECT COUNT(*) FROM runs WHERE finished_at < :before
 SELECT status, COUNT(*), MIN(created_at) FROM runs
  WHERE status IN ('queued', 'running', 'waiting') GROUP BY status;
 
+-- name: stats_due
+-- Parked runs whose timer fired or whose message arrived: work a worker must pick up now.
+SELECT COUNT(*) FROM runs WHERE status = 'waiting' AND wake_at <= :now;
+
 -- name: count_active_runs
 -- Two counts, so that each reads only its status's partial index.
 SELECT (SELECT COUNT(*) FROM runs WHERE status = 'queued' AND tenant = :tenant)
