@@ -134,8 +134,23 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             ", ".join(app.agent_names()),
             redact_url(app.settings.database_url),
         )
+        server = None
+        if args.metrics_port is not None:
+            from .telemetry.metrics import Metrics
+            from .telemetry.serve import serve_metrics
+
+            metrics = Metrics()
+            app.bus.add_tap(metrics.observe_event)
+            metrics.watch_worker(lambda: (len(worker.active), worker.concurrency))
+            server = await serve_metrics(app, metrics, args.metrics_host, args.metrics_port)
+            logging.getLogger("corral").info("metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
         print(f"worker {worker.id} ready", flush=True)
-        await worker.run()
+        try:
+            await worker.run()
+        finally:
+            if server is not None:
+                server.close()
+                await server.wait_closed()
     return 0
 
 
@@ -384,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", parents=[common], help="execute queued runs until SIGTERM/SIGINT")
     p.add_argument("app")
     p.add_argument("--concurrency", type=int, default=None, help="runs at once (default: $CORRAL_CONCURRENCY or 10)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics and /ok on this port")
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address for --metrics-port (default 0.0.0.0)")  # noqa: S104
     p.set_defaults(func=cmd_worker)
 
     runs = sub.add_parser("runs", help="inspect runs").add_subparsers(dest="runs_command", required=True)

@@ -119,3 +119,63 @@ def test_runs_show_unknown_run(db):
     corral("submit", "examples.app:scripted", "support", "--input", "{}", db=db, check=True)
     proc = corral("runs", "show", "nope", db=db)
     assert proc.returncode == 2 and "no run 'nope'" in proc.stderr
+
+
+def test_worker_serves_its_metrics(db):
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env["CORRAL_POLL_MAX"] = "0.1"
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "corral",
+            "worker",
+            "examples.app:scripted",
+            "--database-url",
+            db,
+            "--concurrency",
+            "3",
+            "--metrics-port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        startup = [worker.stdout.readline() for _ in range(4)]
+        assert any("ready" in line for line in startup), startup
+        run_id = corral(
+            "submit",
+            "examples.app:scripted",
+            "support_bot",
+            "--input",
+            '{"message": "Where is A-1001?"}',
+            db=db,
+            check=True,
+        ).stdout.strip()
+        deadline = time.monotonic() + 30
+        while json.loads(corral("runs", "show", run_id, "--json", db=db, check=True).stdout)["status"] != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/ok").json() == {"ok": True}
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert "corral_worker_slots 3.0" in text
+        assert 'corral_runs_finished_total{status="succeeded"} 1.0' in text
+        assert 'corral_step_duration_seconds_count{kind="tool"} 1.0' in text
+        assert httpx.get(f"http://127.0.0.1:{port}/nope").status_code == 404
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0, out

@@ -308,7 +308,13 @@ def test_worker_termination_grace_exceeds_its_drain():
     # Worker._drain: in-flight steps get `grace`, then stopped runs get up to max(5, grace) to
     # unwind and release their leases; a SIGKILL before that leaves them to lease expiry.
     assert worker.pod["terminationGracePeriodSeconds"] > grace + max(5.0, grace)
-    assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(worker.container), "it serves no HTTP"
+    # A worker has no readiness (it takes no traffic); its liveness is /ok on its --metrics-port.
+    assert "readinessProbe" not in worker.container
+    probe = worker.container["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in worker.container["ports"]}
+    assert probe["path"] == "/ok" and ports[probe["port"]] == worker.args.metrics_port
+    annotations = worker.workload["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(worker.args.metrics_port)
     resources = worker.container["resources"]
     assert resources["limits"]["memory"] and resources["requests"]["memory"], "a worker's memory is bounded"
     assert "replicas" not in worker.workload["spec"], "the autoscaler owns the worker's replicas"
