@@ -91,7 +91,13 @@ async def test_disconnect_does_not_cancel_unless_asked(client):
     created.clear()
     async with contextlib.aclosing(
         client.runs.stream(
-            tid, "slow", input={"steps": 50, "delay": 0.1}, on_disconnect="cancel", on_run_created=created.append
+            # 20 s of work: under heavy load a cancel once arrived after a 5 s run had finished
+            # (cause not pinned down; see the closing note of issue 5), so leave room for it.
+            tid,
+            "slow",
+            input={"steps": 200, "delay": 0.1},
+            on_disconnect="cancel",
+            on_run_created=created.append,
         )
     ) as stream:
         async for part in stream:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .._json import dumps, loads
 from ..errors import Conflict, RunNotFound, SessionExists, SessionNotFound
+from . import _rows as rows
 from . import values as reducer
 from ._pg import MISSING, Conn, Database, Q, fetch_all, one
 from .base import ApiKey, Checkpoint, Item, RunStatus, SessionRecord, SessionStatus
@@ -20,16 +21,7 @@ _NS_SEP = "\x1f"
 
 
 def _session_record(row: dict[str, Any]) -> SessionRecord:
-    return SessionRecord(
-        id=row["id"],
-        tenant=row["tenant"],
-        principal=row["principal"],
-        metadata=row["metadata"],
-        values=loads(row["values"]),
-        status=SessionStatus(row["session_status"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    return rows.session_record(row, rows.as_is)
 
 
 def _checkpoint(row: dict[str, Any]) -> Checkpoint:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .._json import dumps, loads
 from ..errors import Conflict, SessionExists, SessionNotFound
+from . import _rows as rows
 from . import values as reducer
 from ._sqlite_db import Op
 from .base import ApiKey, Checkpoint, Item, RunRecord, RunStatus, SessionRecord, SessionStatus
@@ -48,16 +49,7 @@ def _write_values(
 
 
 def _session_record(row: sqlite3.Row) -> SessionRecord:
-    return SessionRecord(
-        id=row["id"],
-        tenant=row["tenant"],
-        principal=row["principal"],
-        metadata=loads(row["metadata"]),
-        values=loads(row["values"]),
-        status=SessionStatus(row["session_status"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    return rows.session_record(row, rows.json_text)
 
 
 def _ns(namespace: tuple[str, ...]) -> str:

@@ -20,6 +20,7 @@ from psycopg.rows import DictRow
 
 from .._json import dumps, loads
 from ..errors import LeaseLost, RunNotFound, SessionNotFound
+from . import _rows as rows
 from ._pg import MISSING, Conn, Database, Migration, MigrationState, PgOptions, Q, fetch_all, one, parse_url
 from ._pg_sessions import SessionsMixin, fold_run
 from .base import (
@@ -31,9 +32,7 @@ from .base import (
     Renewal,
     RunRecord,
     RunStatus,
-    StepKind,
     StepRecord,
-    StepStatus,
     Store,
 )
 
@@ -43,62 +42,14 @@ log = logging.getLogger("corral.store.postgres")
 
 
 def _run_record(row: DictRow) -> RunRecord:
-    return RunRecord(
-        id=row["id"],
-        session_id=row["session_id"],
-        tenant=row["tenant"],
-        principal=row["principal"],
-        roles=tuple(row["roles"]),
-        agent=row["agent"],
-        agent_version=row["agent_version"],
-        input=loads(row["input"]),
-        limits=row["limits"],
-        status=RunStatus(row["status"]),
-        output=loads(row["output"]) if row["output"] is not None else None,
-        error=row["error"],
-        attempt=row["attempt"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        wake_at=row["wake_at"],
-        time_used=row["time_used"],
-        cancel_requested=row["cancel_requested"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        metadata=row["metadata"],
-    )
+    return rows.run_record(row, rows.as_is)
 
 
 def _step_record(row: DictRow) -> StepRecord:
-    return StepRecord(
-        run_id=row["run_id"],
-        seq=row["seq"],
-        kind=StepKind(row["kind"]),
-        name=row["name"],
-        input_hash=row["input_hash"],
-        status=StepStatus(row["status"]),
-        result_json=row["result"],
-        error=row["error"],
-        attempt=row["attempt"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
+    return rows.step_record(row, rows.as_is)
 
 
-def _step_params(step: StepRecord) -> dict[str, Any]:
-    return {
-        "run_id": step.run_id,
-        "seq": step.seq,
-        "kind": step.kind.value,
-        "name": step.name,
-        "input_hash": step.input_hash,
-        "status": step.status.value,
-        "result": step.result_json,
-        "error": dumps(step.error) if step.error is not None else None,
-        "attempt": step.attempt,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-    }
+_step_params = rows.step_params
 
 
 def _event_params(events: list[Event], now: float) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .._json import dumps, loads
 from ..errors import LeaseLost, RunNotFound, SessionNotFound, StoreError
+from . import _rows as rows
 from ._sqlite_db import Op, _DbThread, sqlite_path
 from ._sqlite_sessions import SessionsMixin, fold_run
 from .base import (
@@ -26,9 +27,7 @@ from .base import (
     Renewal,
     RunRecord,
     RunStatus,
-    StepKind,
     StepRecord,
-    StepStatus,
     Store,
 )
 from .sql import load_migrations, load_queries
@@ -37,62 +36,14 @@ Q = load_queries("sqlite")
 
 
 def _run_record(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(
-        id=row["id"],
-        session_id=row["session_id"],
-        tenant=row["tenant"],
-        principal=row["principal"],
-        roles=tuple(loads(row["roles"])),
-        agent=row["agent"],
-        agent_version=row["agent_version"],
-        input=loads(row["input"]),
-        limits=loads(row["limits"]),
-        status=RunStatus(row["status"]),
-        output=loads(row["output"]) if row["output"] is not None else None,
-        error=loads(row["error"]) if row["error"] is not None else None,
-        attempt=row["attempt"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        wake_at=row["wake_at"],
-        time_used=row["time_used"],
-        cancel_requested=bool(row["cancel_requested"]),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        metadata=loads(row["metadata"]),
-    )
+    return rows.run_record(row, rows.json_text)
 
 
 def _step_record(row: sqlite3.Row) -> StepRecord:
-    return StepRecord(
-        run_id=row["run_id"],
-        seq=row["seq"],
-        kind=StepKind(row["kind"]),
-        name=row["name"],
-        input_hash=row["input_hash"],
-        status=StepStatus(row["status"]),
-        result_json=row["result"],
-        error=loads(row["error"]) if row["error"] is not None else None,
-        attempt=row["attempt"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
+    return rows.step_record(row, rows.json_text)
 
 
-def _step_params(step: StepRecord) -> dict[str, Any]:
-    return {
-        "run_id": step.run_id,
-        "seq": step.seq,
-        "kind": step.kind.value,
-        "name": step.name,
-        "input_hash": step.input_hash,
-        "status": step.status.value,
-        "result": step.result_json,
-        "error": dumps(step.error) if step.error is not None else None,
-        "attempt": step.attempt,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-    }
+_step_params = rows.step_params
 
 
 def _insert_events(conn: sqlite3.Connection, events: list[Event], now: float) -> None:
