@@ -27,6 +27,7 @@ class Settings:
     concurrency: int = 10
     poll_interval: float = 0.05  # first idle poll; doubles while idle up to poll_max
     poll_max: float = 1.0
+    reclaim_local_orphans: bool = True  # take over dead local workers' runs without waiting for leases
     drain_grace: float = 10.0  # seconds in-flight steps get to finish on SIGTERM
     park_threshold: float = 1.0  # sleeps at least this long release the worker slot
     on_version_change: VersionPolicy = VersionPolicy.CONTINUE

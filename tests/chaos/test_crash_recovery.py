@@ -234,3 +234,23 @@ async def test_agent_with_two_tools_resumes_between_tool_calls_without_repeating
         assert sorted(calls) == ["fetch A", "fetch B", "refund A 40"]  # nothing ran twice
         kinds = [(s.kind.value, s.name, s.attempt) for s in await app.steps(run_id)]
         assert ("tool", "refund", 2) in kinds and ("tool", "fetch_order", 1) in kinds
+
+
+async def test_a_killed_worker_s_runs_resume_on_this_host_without_waiting_for_the_lease(
+    database_url, workers, tmp_path
+):
+    log = tmp_path / "steps.log"
+    async with make_app(database_url, [chaos_agents.thirty]) as app:
+        run_id = await app.submit("thirty", {"log": str(log), "steps": 30, "delay": 0.05})
+        first = workers.start(database_url, lease=60.0)
+        await wait_lines(log, 5)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        killed_at = time.monotonic()
+        workers.start(database_url, lease=60.0)
+        result = await app.wait(run_id, timeout=50)
+        assert result.ok
+        assert time.monotonic() - killed_at < 30  # a 60 s lease would have kept it waiting
+        assert (await app.get_run(run_id)).attempt == 2
+        counts = collections.Counter(lines(log))
+        assert set(counts) == set(range(30)) and sum(n == 2 for n in counts.values()) <= 1

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from ..errors import StoreError
 from ..store.base import Claim
+from .orphans import dead_owners, host_prefix, worker_identity
 from .runner import Outcome, Runner
 
 if TYPE_CHECKING:
@@ -23,7 +21,7 @@ log = logging.getLogger("corral.worker")
 
 def new_worker_id() -> str:
     # Unique per process start: recovery never waits for a name to come back.
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return worker_identity()
 
 
 class Worker:
@@ -71,6 +69,7 @@ class Worker:
         agents = app.agent_names()
         store = app.store
         store.subscribe(self._on_store)
+        await self._reclaim_orphans()
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"corral-heartbeat-{self.id}")
         delay = settings.poll_interval
         try:
@@ -152,6 +151,8 @@ class Worker:
             except TimeoutError:
                 pass
             self._check_now.clear()
+            if self.only is None:
+                await self._reclaim_orphans()
             if settings.prune_interval and time.monotonic() >= next_prune and self.only is None:
                 next_prune = time.monotonic() + settings.prune_interval
                 await self._prune()
@@ -176,6 +177,18 @@ class Worker:
             for rid in renewal.cancel_requested:
                 if (r := self.active.get(rid)) is not None:
                     r.request_cancel()
+
+    async def _reclaim_orphans(self) -> None:
+        """End the leases of dead worker processes on this host (see engine.orphans)."""
+        if not self.app.settings.reclaim_local_orphans:
+            return
+        try:
+            owners = await self.app.store.lease_owners(host_prefix())
+            dead = dead_owners(owners, self.id)
+            if dead and (n := await self.app.store.expire_leases(dead, time.time())):
+                log.info("took over %d run(s) from dead worker(s) on this host: %s", n, ", ".join(dead))
+        except StoreError as exc:
+            log.warning("looking for dead workers' runs failed: %s", exc)
 
     async def _prune(self) -> None:
         try:

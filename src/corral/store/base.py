@@ -253,6 +253,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def lease_owners(self, prefix: str) -> list[str]:
+        """The distinct owners whose id starts with `prefix` that hold leases on running runs."""
+
+    @abc.abstractmethod
+    async def expire_leases(self, owners: list[str], now: float) -> int:
+        """End the leases of owners known to be dead, so their runs can be claimed at once."""
+
+    @abc.abstractmethod
     async def renew_leases(
         self, owner: str, held: list[Fence], lease_seconds: float, now: float, time_used: dict[str, float]
     ) -> Renewal:

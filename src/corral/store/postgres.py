@@ -174,6 +174,22 @@ class PostgresStore(SessionsMixin, Store):
 
         return await self._run("claim_runs", op)
 
+    async def lease_owners(self, prefix: str) -> list[str]:
+        rows = await self._run(
+            "lease_owners", lambda c: fetch_all(c, Q["lease_owners"], {"prefix": prefix}), write=False
+        )
+        return [r["lease_owner"] for r in rows]
+
+    async def expire_leases(self, owners: list[str], now: float) -> int:
+        async def op(conn: Conn) -> int:
+            cur = await conn.execute(Q["expire_leases"], {"owners": owners, "expired": now - 0.001})
+            return cur.rowcount
+
+        count = await self._run("expire_leases", op, idempotent=True)
+        if count:
+            self._wake("run")
+        return count
+
     async def renew_leases(
         self, owner: str, held: list[Fence], lease_seconds: float, now: float, time_used: dict[str, float]
     ) -> Renewal:

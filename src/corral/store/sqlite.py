@@ -163,6 +163,17 @@ class SQLiteStore(SessionsMixin, Store):
 
         return await self._call(op)
 
+    async def lease_owners(self, prefix: str) -> list[str]:
+        rows = lambda conn: [r[0] for r in conn.execute(Q["lease_owners"], {"prefix": prefix})]  # noqa: E731
+        return await self._call(rows, write=False)
+
+    async def expire_leases(self, owners: list[str], now: float) -> int:
+        params = {"owners": dumps(owners), "expired": now - 0.001}
+        count = await self._call(lambda conn: conn.execute(Q["expire_leases"], params).rowcount)
+        if count:
+            self._notify("run")
+        return count
+
     async def renew_leases(
         self, owner: str, held: list[Fence], lease_seconds: float, now: float, time_used: dict[str, float]
     ) -> Renewal:

@@ -123,6 +123,12 @@ SELECT * FROM steps WHERE run_id = ANY(%(run_ids)s) ORDER BY run_id, started_at,
 -- name: last_event_ids
 SELECT run_id, max(id) AS last FROM events WHERE run_id = ANY(%(run_ids)s) GROUP BY run_id;
 
+-- name: lease_owners
+SELECT DISTINCT lease_owner FROM runs WHERE status = 'running' AND starts_with(lease_owner, %(prefix)s);
+
+-- name: expire_leases
+UPDATE runs SET lease_expires_at = %(expired)s WHERE status = 'running' AND lease_owner = ANY(%(owners)s::text[]);
+
 -- name: renew
 -- Cancel requests ride back on the renewal: the worker learns of them at its next heartbeat.
 UPDATE runs SET lease_expires_at = %(expires)s, time_used = h.time_used

@@ -59,6 +59,14 @@ SELECT COALESCE(MAX(id), 0) FROM events WHERE run_id = :run_id;
 UPDATE runs SET lease_expires_at = :expires, time_used = :time_used
  WHERE id = :run_id AND attempt = :attempt AND status = 'running';
 
+-- name: lease_owners
+SELECT DISTINCT lease_owner FROM runs
+ WHERE status = 'running' AND lease_owner >= :prefix AND lease_owner < :prefix || char(1114111);
+
+-- name: expire_leases
+UPDATE runs SET lease_expires_at = :expired
+ WHERE status = 'running' AND lease_owner IN (SELECT value FROM json_each(:owners));
+
 -- name: cancel_flags
 SELECT id FROM runs WHERE lease_owner = :owner AND status = 'running' AND cancel_requested = 1;
 
