@@ -27,8 +27,10 @@ lint: install
 test: install lint
 	$(BIN)/pytest -q
 
-bench: install
+bench: install  # PostgreSQL rows need CORRAL_TEST_POSTGRES_URL; without it they say n/a
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/peers.py
 
 clean:
 	rm -rf $(VENV) corral.db corral.db-wal corral.db-shm .pytest_cache .ruff_cache
