@@ -1,0 +1,28 @@
+"""The app `bench/server.py` serves: one chat Agent on a SimModel with a fixed token schedule.
+
+The reply is `BENCH_TOKENS` words (default 50), streamed `BENCH_TTFT` seconds after the model call
+starts and then one every 1/`BENCH_TOKENS_PER_SECOND` seconds, so a client knows when each token
+should arrive. `noop` returns at once. Served as `corral serve server_app:app` with `bench/` on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from corral import Agent, App, Context, Limits, SimModel, agent
+
+TOKENS = int(os.environ.get("BENCH_TOKENS", "50"))
+TTFT = float(os.environ.get("BENCH_TTFT", "0.1"))
+TOKENS_PER_SECOND = float(os.environ.get("BENCH_TOKENS_PER_SECOND", "20"))
+REPLY = " ".join(f"tok{i}" for i in range(TOKENS))
+
+
+@agent(name="noop")
+async def noop(ctx: Context, input: Any) -> dict[str, Any]:
+    """Does nothing: what `runs created per second` starts, so the worker's share stays small."""
+    return {"messages": []}
+
+
+chat = Agent("chat", "You are a benchmark.", limits=Limits(max_steps=4))
+app = App([chat, noop], models={"default": SimModel(replies=[REPLY], ttft=TTFT, tokens_per_second=TOKENS_PER_SECOND)})
