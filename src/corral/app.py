@@ -275,7 +275,15 @@ class App:
         last = after
         try:
             while True:
-                for event in await self.store.list_events(run_id, after=last):
+                caught_up = list(await self.store.list_events(run_id, after=last))
+                if (runner := self._runners.get(run_id)) is not None:
+                    # Events of the step in progress are written only with its result: without
+                    # them, a watcher arriving mid-step would see a gap and no live tokens.
+                    newest = caught_up[-1].id if caught_up else last
+                    caught_up += [e for e in runner.unwritten_events() if e.id > newest]
+                for event in caught_up:
+                    if event.id != last + 1:
+                        break  # an event still on its way to the store: read again
                     yield event
                     last = event.id
                     if event.type == "end":

@@ -519,3 +519,35 @@ async def test_workers_prune_finished_journals_but_keep_outcomes(database_url):
 
 async def _no_steps(app, run_id) -> bool:
     return await app.steps(run_id) == []
+
+
+async def test_a_watcher_arriving_mid_step_gets_the_tokens_live(database_url):
+    """Events emitted but not yet written (they go with the step's write) must reach a watcher
+    that subscribes in the middle of a streaming model call, live, not when the step ends."""
+
+    @agent(name="talker")
+    async def talker(ctx: Context, input: None) -> str:
+        return (await ctx.chat(["tell me a long story"])).text
+
+    story = " ".join(f"word{i}" for i in range(40))
+    model = SimModel(replies=[story], tokens_per_second=20)  # ~2 s of streaming
+    async with make_app(database_url, [talker], models={"default": model}) as app:
+        run_id = await app.submit("talker")
+        worker = app.worker()
+        task = asyncio.create_task(worker.run())
+        await eventually(lambda: _called(model))
+        await asyncio.sleep(0.3)  # the step is streaming; nothing of it is written yet
+        loop = asyncio.get_running_loop()
+        subscribed = loop.time()
+        first_token = chat_done = None
+        async for event in app.watch(run_id):
+            if event.type == "token" and first_token is None:
+                first_token = loop.time() - subscribed
+            if event.type == "step" and event.data["kind"] == "chat" and event.data["status"] == "completed":
+                chat_done = loop.time() - subscribed
+        worker.stop()
+        await task
+        assert first_token is not None and chat_done is not None
+        assert first_token < 0.5 < chat_done, (first_token, chat_done)
+        tokens = [e for e in await app.events(run_id) if e.type == "token"]
+        assert "".join(e.data["text"] for e in tokens) == story

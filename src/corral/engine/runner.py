@@ -136,6 +136,11 @@ class Runner:
         if type_ != "end":  # live; `end` only once the outcome is written, so a watcher can rely on it
             self.app.bus.publish(event)
 
+    def unwritten_events(self) -> tuple[Event, ...]:
+        """Events emitted but not yet handed to the store (they go with the next write): what a
+        watcher that subscribes now has seen neither in the store nor on the bus."""
+        return tuple(self._pending)
+
     def _take_events(self) -> list[Event]:
         events, self._pending = self._pending, []
         return events
