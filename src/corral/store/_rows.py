@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._json import dumps, loads
-from .base import RunRecord, RunStatus, SessionRecord, SessionStatus, StepKind, StepRecord, StepStatus
+from .base import NewRun, RunRecord, RunStatus, SessionRecord, SessionStatus, StepKind, StepRecord, StepStatus
 
 Doc = Callable[[Any], Any]
 
@@ -65,6 +65,23 @@ def step_record(row: Mapping[str, Any], doc: Doc) -> StepRecord:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
     )
+
+
+def run_params(run: NewRun) -> dict[str, Any]:
+    """The parameters of a backend's `insert_run` query."""
+    return {
+        "id": run.id,
+        "session_id": run.session_id,
+        "tenant": run.tenant,
+        "principal": run.principal,
+        "roles": dumps(list(run.roles)),
+        "agent": run.agent,
+        "agent_version": run.agent_version,
+        "input": run.input_json,
+        "limits": dumps(run.limits),
+        "metadata": dumps(run.metadata),
+        "now": run.created_at,
+    }
 
 
 def step_params(step: StepRecord) -> dict[str, Any]:

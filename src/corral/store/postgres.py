@@ -116,19 +116,7 @@ class PostgresStore(SessionsMixin, Store):
             row = await one(
                 conn,
                 Q["insert_run"],
-                {
-                    "id": run.id,
-                    "session_id": run.session_id,
-                    "tenant": run.tenant,
-                    "principal": run.principal,
-                    "roles": dumps(list(run.roles)),
-                    "agent": run.agent,
-                    "agent_version": run.agent_version,
-                    "input": run.input_json,
-                    "limits": dumps(run.limits),
-                    "metadata": dumps(run.metadata),
-                    "now": run.created_at,
-                },
+                rows.run_params(run),
             )
             await conn.execute(Q["notify"], self._db.note("run"))
             assert row is not None

@@ -119,19 +119,7 @@ class SQLiteStore(SessionsMixin, Store):
                 raise SessionNotFound(run.session_id)
             row = conn.execute(
                 Q["insert_run"],
-                {
-                    "id": run.id,
-                    "session_id": run.session_id,
-                    "tenant": run.tenant,
-                    "principal": run.principal,
-                    "roles": dumps(list(run.roles)),
-                    "agent": run.agent,
-                    "agent_version": run.agent_version,
-                    "input": run.input_json,
-                    "limits": dumps(run.limits),
-                    "metadata": dumps(run.metadata),
-                    "now": run.created_at,
-                },
+                rows.run_params(run),
             ).fetchone()
             return _run_record(row)
 
