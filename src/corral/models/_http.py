@@ -330,3 +330,9 @@ class HttpChatModel(ChatModel):
         if response.status_code >= 400:
             body = await response.aread()
             raise error_for_status(self.provider, response.status_code, body, response.headers, secret=self._api_key)
+
+    async def _post_json(self, url: str, body: Mapping[str, Any]) -> Any:
+        """A non-streaming call: POST the body, map an error status, parse the JSON answer."""
+        response = await self.client().post(url, json=body, headers=self._auth_headers())
+        await self._raise_for_status(response)
+        return loads_json(response.content, self.provider, "the response")

@@ -90,12 +90,7 @@ class AnthropicModel(HttpChatModel):
         url = f"{self.base_url}/v1/messages"
         client = self.client()
         if not self.streaming:
-            response = await client.post(url, json=body, headers=self._auth_headers())
-            if response.status_code >= 400:
-                raise error_for_status(
-                    self.provider, response.status_code, response.content, response.headers, secret=self._api_key
-                )
-            data = loads_json(response.content, self.provider, "the response")
+            data = await self._post_json(url, body)
             acc = _Message(self.provider, self._api_key)
             acc.whole(data)
             final = acc.response(self.model)

@@ -77,12 +77,8 @@ class OpenAIModel(HttpChatModel):
         url = f"{self.base_url}/chat/completions"
         client = self.client()
         if not self.streaming:
-            response = await client.post(url, json=body, headers=self._auth_headers())
-            if response.status_code >= 400:
-                raise error_for_status(
-                    self.provider, response.status_code, response.content, response.headers, secret=self._api_key
-                )
-            final = self._parse_completion(loads_json(response.content, self.provider, "the response"), request)
+            data = await self._post_json(url, body)
+            final = self._parse_completion(data, request)
             if final.text:
                 yield Delta(final.text)
             yield final
