@@ -1,8 +1,9 @@
 """Shared fixtures. Integration and chaos tests run on every backend in BACKENDS.
 
 PostgreSQL tests read CORRAL_TEST_POSTGRES_URL and run each test in a schema of its own, dropped
-afterwards. When CI=true, an unset or unreachable PostgreSQL fails the tests instead of skipping
-them, so CI can never pass without it.
+afterwards; Redis tests read CORRAL_TEST_REDIS_URL (Corral's keys there name runs, which are
+unique, so tests share the database). When CI=true, an unset or unreachable PostgreSQL or Redis
+fails the tests instead of skipping them, so CI can never pass without them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,32 +21,54 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 BACKENDS = ["sqlite", "postgres"]
 
-_postgres: dict[str, str] = {}  # "url" or "unavailable" (the reason), found once per session
+_found: dict[str, dict[str, str]] = {}  # per variable: "url" or "unavailable" (the reason), once per session
 
 
-def _postgres_base_url() -> str:
-    """CORRAL_TEST_POSTGRES_URL, once known to be reachable; otherwise skip (fail on CI)."""
-    if not _postgres:
-        url = os.environ.get("CORRAL_TEST_POSTGRES_URL", "")
+def _service_url(variable: str, service: str, extra: str, connect: Callable[[str], None]) -> str:
+    """The URL in `variable`, once `connect(url)` worked; otherwise skip (fail on CI)."""
+    found = _found.setdefault(variable, {})
+    if not found:
+        url = os.environ.get(variable, "")
         if not url:
-            _postgres["unavailable"] = "CORRAL_TEST_POSTGRES_URL is not set"
+            found["unavailable"] = f"{variable} is not set"
         else:
             try:
-                import psycopg
-
-                with psycopg.connect(url, connect_timeout=3):
-                    pass
-                _postgres["url"] = url
-            except ImportError:
-                _postgres["unavailable"] = "psycopg is not installed (pip install corral[postgres])"
+                connect(url)
+                found["url"] = url
+            except ImportError as exc:
+                found["unavailable"] = f"{exc.name} is not installed (pip install corral[{extra}])"
             except Exception as exc:
-                _postgres["unavailable"] = f"PostgreSQL at CORRAL_TEST_POSTGRES_URL is unreachable: {exc}"
-    if "url" in _postgres:
-        return _postgres["url"]
-    reason = _postgres["unavailable"]
+                found["unavailable"] = f"{service} at {variable} is unreachable: {exc}"
+    if "url" in found:
+        return found["url"]
+    reason = found["unavailable"]
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true and {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def _connect_postgres(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=3):
+        pass
+
+
+def _connect_redis(url: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3) as client:
+        client.ping()
+
+
+def _postgres_base_url() -> str:
+    return _service_url("CORRAL_TEST_POSTGRES_URL", "PostgreSQL", "postgres", _connect_postgres)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """CORRAL_TEST_REDIS_URL, once known to be reachable; otherwise skip (fail on CI)."""
+    return _service_url("CORRAL_TEST_REDIS_URL", "Redis", "redis", _connect_redis)
 
 
 def _isolated_postgres_url() -> Iterator[str]:

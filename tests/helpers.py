@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -39,3 +42,20 @@ def assert_event_order(events: list[Event]) -> None:
     assert events[0].type == "metadata"
     assert events[-1].type == "end"
     assert sum(e.type == "end" for e in events) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM (the drain), then SIGKILL if it has not exited within 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -15,14 +15,18 @@ from ._json import dumps
 from .agent import Agent, AgentFunction, AnyAgent
 from .config import Settings
 from .engine.events import EventBus
+from .engine.live import LiveEvents
 from .engine.runner import Runner
+from .engine.watch import RunWatch
 from .engine.worker import Worker
-from .errors import AgentNotFound, PayloadTooLarge, StoreError, UserError
+from .errors import AgentNotFound, PayloadTooLarge, UserError
 from .models.base import ChatModel
 from .models.sim import SimModel
 from .store import open_store
 from .store.base import Event, NewRun, RunRecord, RunStatus, StepRecord, Store
 from .tools import Tool
+
+_LOCAL_WAIT = 30.0  # App.wait's look at the store while a runner here has the run: a safety net only
 
 
 class _State(Enum):
@@ -84,6 +88,7 @@ class App:
         self._state = _State.NEW
         self._open_lock: asyncio.Lock | None = None
         self.bus = EventBus()
+        self._live: LiveEvents | None = None
         self._runners: dict[str, Runner] = {}
 
     # lifecycle -----------------------------------------------------------------------------
@@ -105,11 +110,22 @@ class App:
                 if self._store is None:
                     self._store = open_store(self.settings)
                 await self._store.open()
+                if self.settings.redis_url:
+                    live = LiveEvents(self.settings.redis_url, max_events=self.settings.max_events_per_run)
+                    try:
+                        await live.open()
+                    except BaseException:
+                        await self._store.close()
+                        raise
+                    self._live = live
+                self._store.subscribe_events(self.bus.poke)  # another process wrote a run's events
                 self._state = _State.OPEN
         return self
 
     async def close(self) -> None:
         if self._state is _State.OPEN and self._store is not None:
+            if self._live is not None:
+                await self._live.close()
             await self._store.close()
             for model in self._models.values():
                 await model.aclose()
@@ -120,6 +136,11 @@ class App:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def live(self) -> LiveEvents | None:
+        """The Redis link that carries events between processes at once (None without redis_url)."""
+        return self._live
 
     @property
     def store(self) -> Store:
@@ -230,12 +251,26 @@ class App:
         return RunResult.of(await self.store.get_run(run_id))
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunResult:
-        """Wait for a run executed by any worker to end."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        async for _ in self.watch(run_id):
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} did not end within {timeout}s")
-        return RunResult.of(await self.store.get_run(run_id))
+        """Wait for a run executed by any worker to end. Woken by the run's `end` alone (published
+        once the outcome is committed), not by each of its events; runs elsewhere are polled."""
+        await self.open()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        sub = self.bus.subscribe(run_id, ends_only=True)
+        try:
+            while not (run := await self.store.get_run(run_id)).status.terminal:
+                # A runner of this process publishes the `end`, and the worker pokes when the
+                # runner leaves without one (parked, released, abandoned): no need to poll.
+                wait = _LOCAL_WAIT if run_id in self._runners else self.settings.poll_max
+                if deadline is not None:
+                    if (left := deadline - loop.time()) <= 0:
+                        raise TimeoutError(f"run {run_id} did not end within {timeout}s")
+                    wait = min(wait, left)
+                await sub.wait(wait)
+                sub.take()
+        finally:
+            self.bus.unsubscribe(sub)
+        return RunResult.of(run)
 
     async def send_message(self, session_id: str, payload: Any, *, tenant: str | None = None) -> int:
         """Deliver a message to a session; a run waiting in `wait_for_message` wakes up."""
@@ -271,50 +306,22 @@ class App:
         """The run's events after `after`, live, ending with `end`: the store's history first,
         then this process's live events, falling back to the store for runs elsewhere."""
         await self.open()
-        sub = self.bus.subscribe(run_id)
-        last = after
+        cursor = RunWatch(self, run_id, after)
         try:
-            while True:
-                caught_up = list(await self.store.list_events(run_id, after=last))
-                if (runner := self._runners.get(run_id)) is not None:
-                    # Events of the step in progress are written only with its result: without
-                    # them, a watcher arriving mid-step would see a gap and no live tokens.
-                    newest = caught_up[-1].id if caught_up else last
-                    caught_up += [e for e in runner.unwritten_events() if e.id > newest]
-                for event in caught_up:
-                    if event.id != last + 1:
-                        break  # an event still on its way to the store: read again
+            while not cursor.ended:
+                for event in await cursor.next(self.settings.poll_max):
                     yield event
-                    last = event.id
-                    if event.type == "end":
-                        return
-                sub.overflowed = False
-                while True:
-                    try:
-                        event = await asyncio.wait_for(sub.queue.get(), self.settings.poll_max)
-                    except TimeoutError:
-                        break
-                    if event is None or sub.overflowed:
-                        break
-                    if event.id <= last:
-                        continue
-                    if event.id != last + 1:
-                        break
-                    yield event
-                    last = event.id
-                    if event.type == "end":
-                        return
-                if await self._gone(run_id):
-                    return
         finally:
-            self.bus.unsubscribe(sub)
+            cursor.close()
 
-    async def _gone(self, run_id: str) -> bool:
-        try:
-            await self.store.get_run(run_id)
-        except StoreError:
-            return True
-        return False
+    def poll_for(self, run_id: str, relaying: bool) -> float:
+        """How long a watcher of `run_id` waits for news before it reads the store again: poll_max
+        when news comes by itself (from this process's runner, from Redis, or announced by the
+        store), else the flush interval, at which a runner elsewhere writes what it streams."""
+        s = self.settings
+        if relaying or run_id in self._runners or self.store.announces_events:
+            return s.poll_max
+        return min(s.poll_max, s.event_flush_seconds or s.poll_max)
 
     def worker(self, concurrency: int | None = None) -> Worker:
         return Worker(self, concurrency=concurrency)

@@ -12,7 +12,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -437,6 +437,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (a dependency on Linux and macOS): the server relays every
+    token event of every stream through the loop, and uvloop's does it at a fraction of the cost.
+    `CORRAL_EVENT_LOOP=asyncio` keeps the standard loop."""
+    if os.environ.get("CORRAL_EVENT_LOOP", "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -445,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return asyncio.run(args.func(args))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(args.func(args))
     except CorralError as exc:
         print(f"corral: {exc}", file=sys.stderr)
         return 2

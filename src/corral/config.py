@@ -36,6 +36,8 @@ class Settings:
     max_step_result_bytes: int = 1_048_576
     max_journal_bytes: int = 64 * 1_048_576
     max_events_per_run: int = 100_000
+    event_flush_seconds: float = 0.1  # a step in flight writes its events this often; 0: only with its result
+    redis_url: str | None = None  # also relay every event through Redis at once (live streams in a fleet)
     journal_retention_seconds: float = 7 * 86_400  # journals and events of finished runs; messages stay
     prune_interval: float = 600.0  # how often a worker prunes; 0 turns pruning off
     tenant: str = "default"
@@ -68,6 +70,10 @@ class Settings:
         for name in ("max_queued_per_tenant", "max_queued_total", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.event_flush_seconds < 0:
+            raise ConfigError(f"event_flush_seconds must be 0 or more, got {self.event_flush_seconds}")
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"redis_url must be a redis://, rediss:// or unix:// URL, got {self.redis_url!r}")
         if self.sse_heartbeat_seconds <= 0:
             raise ConfigError(f"sse_heartbeat_seconds must be positive, got {self.sse_heartbeat_seconds}")
         object.__setattr__(self, "on_version_change", VersionPolicy(self.on_version_change))

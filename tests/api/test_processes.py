@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import httpx
 import pytest
 from langgraph_sdk import get_client
 
-from conftest import free_port
+from helpers import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.api.api_agents:app"
@@ -43,16 +42,6 @@ def wait_ok(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} did not come up")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def test_killed_api_process_stream_continues_on_the_next(tmp_path):
@@ -119,4 +108,4 @@ async def test_killed_api_process_stream_continues_on_the_next(tmp_path):
     finally:
         for proc in (first, second, worker):
             if proc is not None:
-                stop(proc)
+                stop_process(proc)

@@ -302,7 +302,7 @@ async def test_prune_deletes_the_journals_of_finished_runs_only(store):
     assert await store.prune(time.time() + 1) == 0
 
 
-async def test_stats_count_active_runs_and_the_oldest_queued_age(store):
+async def test_stats_count_runs_by_status_and_the_oldest_queued_age(store):
     now = time.time()
     assert await store.stats(now) == {"queued": 0, "running": 0, "waiting": 0, "due": 0, "oldest_queued_age_seconds": 0}
     await store.create_run(new_run("r1", created_at=now - 5))
@@ -317,7 +317,7 @@ async def test_stats_count_active_runs_and_the_oldest_queued_age(store):
     assert later["due"] == 1 and later["waiting"] == 1
 
 
-async def test_count_active_runs_counts_queued_and_running_per_tenant(store):
+async def test_admission_counts_the_tenants_queued_and_running_runs_and_all_queued(store):
     for rid in ("q1", "q2", "r1", "w1", "d1"):
         await store.create_run(new_run(rid))
     await store.create_run(new_run("other", tenant="other"))
@@ -325,9 +325,10 @@ async def test_count_active_runs_counts_queued_and_running_per_tenant(store):
         await store.claim_runs("w", 1, ["a"], LEASE, time.time(), run_id=rid)
     await store.park_run(Fence("w1", 1), time.time() + 60, 0.0, [], False)
     await store.finish_run(Fence("d1", 1), RunStatus.SUCCEEDED, "null", None, 0.0, [])
-    assert await store.count_active_runs("acme") == 3
-    assert await store.count_active_runs("other") == 1
-    assert await store.count_active_runs("nobody") == 0
+    # acme: q1, q2 queued and r1 running (w1 parked, d1 done); all queued: q1, q2 and "other"
+    assert await store.admission_counts("acme") == (3, 3)
+    assert await store.admission_counts("other") == (1, 3)
+    assert await store.admission_counts("nobody") == (0, 3)
 
 
 async def test_list_runs_filters_newest_first(store):

@@ -64,3 +64,24 @@ def test_message_from_openai_and_langchain_shapes():
     assert msg.content == "ab"
     with pytest.raises(ValueError):
         Message.from_any({"role": "wizard", "content": "x"})
+
+
+async def test_tokens_keep_the_providers_schedule_when_the_reader_is_slow():
+    """Chunk i is ready at start + ttft + i/tps, as a real provider's are: a consumer that falls
+    behind finds the next chunks waiting rather than slowing the stream down."""
+    import asyncio
+    import time
+
+    model = SimModel(replies=["a b c d e f"], ttft=0.05, tokens_per_second=20)
+    start = time.monotonic()
+    arrivals = []
+    async for item in model.stream(request(Message.user("go"))):
+        if isinstance(item, Delta):
+            arrivals.append(time.monotonic() - start)
+            if len(arrivals) == 1:
+                await asyncio.sleep(0.2)  # the reader stalls for four tokens' worth of time
+    assert len(arrivals) == 6
+    assert arrivals[0] >= 0.05
+    # chunks 1-4 were due during the stall: they come at once after it, not 50 ms apart
+    assert arrivals[4] - arrivals[1] < 0.03
+    assert 0.29 <= arrivals[5] < 0.29 + 0.1  # the last one still at ttft + 5/tps

@@ -10,7 +10,7 @@ from .auth import Caller, authenticate
 from .state import ApiState
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:  # async: sync dependencies run in a thread pool
     return request.app.state.corral
 
 

@@ -19,6 +19,7 @@ from ..telemetry.metrics import Metrics
 from . import errors
 from .convert import InvalidInput
 from .routes import assistants, ops, runs, store, threads
+from .sse import RAW_SEND
 from .state import ApiState
 
 log = logging.getLogger("corral.api")
@@ -82,6 +83,23 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+
+class _Api(FastAPI):
+    """FastAPI, with the server's own `send` kept in the scope (`RAW_SEND`) by an outermost layer.
+
+    Every middleware wraps `send` in a coroutine of its own that only watches for the response's
+    start; an event stream writes each of its (many) body chunks past them (see sse.StreamResponse)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = super().build_middleware_stack()
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            scope[RAW_SEND] = send
+            await inner(scope, receive, send)
+
+        return app
+
+
 async def _no_nul_in_path_or_query(request: Request) -> None:
     """Ids and query values with a NUL character can name nothing here (and PostgreSQL refuses them)."""
     for where, values in (("path", request.path_params), ("query", request.query_params)):
@@ -121,7 +139,7 @@ def create_api(app: App, *, worker: bool = True, auth: bool = True, close_app: b
             if close_app:
                 await app.close()
 
-    api = FastAPI(
+    api = _Api(
         title="Corral",
         version=__version__,
         description="A durable runtime for LLM agents, speaking the LangGraph Server / Agent Protocol API.",

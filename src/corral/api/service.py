@@ -65,16 +65,17 @@ async def active_runs(state: ApiState, thread_id: str, tenant: str) -> list[RunR
 
 async def _admit(state: ApiState, caller: Caller) -> None:
     settings = state.settings
-    if await state.store.count_active_runs(caller.tenant) >= settings.max_queued_per_tenant:
+    active, queued = await state.store.admission_counts(caller.tenant)
+    if active >= settings.max_queued_per_tenant:
         state.metrics.admission_rejected.labels("tenant").inc()
         raise TooManyRuns(
             f"tenant {caller.tenant!r} has {settings.max_queued_per_tenant} runs queued or running "
             "(max_queued_per_tenant); retry later",
             retry_after=5,
         )
-    stats = await state.app.store.stats(time.time())
-    if stats.get("queued", 0) >= settings.max_queued_total:
+    if queued >= settings.max_queued_total:
         state.metrics.admission_rejected.labels("total").inc()
+        stats = await state.app.store.stats(time.time())  # for Retry-After: only when refusing
         raise TooManyRuns(
             f"{settings.max_queued_total} runs are queued (max_queued_total); retry later",
             retry_after=min(60.0, max(1.0, stats.get("oldest_queued_age_seconds", 0.0) / 2)),

@@ -17,16 +17,23 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import StoreError
 from .state import ApiState
-from .streams import PRELUDE, Mapper, Parked, follow, sse_id
+from .streams import PRELUDE, Mapper, Parked, RawJSON, follow, sse_id
 
 HEARTBEAT = b": heartbeat\n\n"
+RAW_SEND = "corral.raw_send"  # where api.server keeps the server's own `send` in the scope
 
 
 def encode(event: str, data: Any, event_id: int | None = None) -> bytes:
     """One event: an `id:` line, an `event:` line and exactly one `data:` line of JSON."""
+    return _text(event, data, event_id).encode()
+
+
+def _text(event: str, data: Any, event_id: int | None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
-    return f"{head}event: {event}\ndata: {body}\n\n".encode()
+    body = (
+        data if isinstance(data, RawJSON) else json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+    )
+    return f"{head}event: {event}\ndata: {body}\n\n"
 
 
 class StreamResponse(Response):
@@ -53,9 +60,11 @@ class StreamResponse(Response):
 
         async def pump() -> None:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
+            # The body past the middlewares' wrappers of `send` (they only watch for the start).
+            write = scope.get(RAW_SEND, send)
             async for chunk in self.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await write({"type": "http.response.body", "body": chunk, "more_body": True})
+            await write({"type": "http.response.body", "body": b"", "more_body": False})
 
         async def listen() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -105,31 +114,29 @@ async def run_events(
     that after event `after` (a resumed run's stream)."""
     metrics = state.metrics
 
-    def out(event_id: int, position: int, part: tuple[str, Any]) -> bytes | None:
-        number = sse_id(event_id, position)
-        if number <= skip_to:
-            return None
-        metrics.sse_events.inc()
-        return encode(part[0], part[1], number)
+    def out(event_id: int, parts: list[tuple[str, Any]], first: int = 0) -> bytes:
+        """The SSE text of one Corral event's parts, those with ids past `skip_to`."""
+        texts = []
+        for position, part in enumerate(parts, first):
+            if (number := sse_id(event_id, position)) > skip_to:
+                texts.append(_text(part[0], part[1], number))
+        metrics.sse_events.inc(len(texts))
+        return "".join(texts).encode()
 
-    if prelude:
-        parts = (await mapper.start(mapper.run.attempt))[:2]
-        for position, part in enumerate(parts, PRELUDE):
-            if (chunk := out(after, position, part)) is not None:
-                yield chunk
+    if prelude and (chunk := out(after, (await mapper.start(mapper.run.attempt))[:2], PRELUDE)):
+        yield chunk
     last = after
     try:
         async for item in follow(state.app, mapper.run.id, after, state.heartbeat):
             if item is None:
                 yield HEARTBEAT
-                continue
-            if isinstance(item, Parked):
-                parts, event_id = await mapper.parked(item), last
-            else:
-                parts, event_id = await mapper.map(item), item.id
-                last = item.id
-            for position, part in enumerate(parts[:PRELUDE]):
-                if (chunk := out(event_id, position, part)) is not None:
+            elif isinstance(item, Parked):
+                if chunk := out(last, (await mapper.parked(item))[:PRELUDE]):
+                    yield chunk
+            else:  # a batch of events: one write
+                chunks = [out(event.id, (await mapper.map(event))[:PRELUDE]) for event in item]
+                last = item[-1].id
+                if chunk := b"".join(chunks):
                     yield chunk
     except StoreError as exc:  # the store failed mid-stream: say so, the client may reconnect
         yield encode("error", {"error": type(exc).__name__, "message": str(exc)})

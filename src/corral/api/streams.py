@@ -14,11 +14,13 @@ two positions kept for that (N * SLOTS + 6 and + 7).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..engine.watch import RunWatch
 from ..errors import StoreError
 from ..store import values as reducer
 from ..store.base import Event, RunRecord, RunStatus, StepKind, StepStatus
@@ -34,6 +36,10 @@ SUPPORTED_MODES = ("values", "updates", "messages-tuple", "custom", "events")
 _FAILED = (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.LIMIT_EXCEEDED)
 
 Part = tuple[str, Any]
+
+
+class RawJSON(str):
+    """A part's data already encoded as JSON (written as it is)."""
 
 
 def sse_id(event_id: int, position: int) -> int:
@@ -89,62 +95,47 @@ async def last_event_id(app: App, run_id: str) -> int:
     return last
 
 
-async def follow(app: App, run_id: str, after: int, tick: float) -> AsyncIterator[Event | Parked | None]:
-    """The run's events after `after`, ending with `end` or with `Parked`; None every `tick`
-    seconds without news (the caller writes a heartbeat). Ends quietly if the run is deleted."""
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=256)  # bounded: a slow reader slows the reads
-    done = object()
-    failure: list[BaseException] = []
-
-    async def produce() -> None:
-        try:
-            async for event in app.watch(run_id, after):
-                await queue.put(event)
-        except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
-            failure.append(exc)
-        await queue.put(done)
-
-    producer = asyncio.create_task(produce(), name=f"corral-api-follow-{run_id}")
-    waiting, last = False, after
+async def follow(app: App, run_id: str, after: int, tick: float) -> AsyncIterator[list[Event] | Parked | None]:
+    """The run's events after `after` in batches (all that are ready), ending with `end` or with
+    `Parked`; None every `tick` seconds without news (the caller writes a heartbeat). Ends
+    quietly if the run is deleted."""
+    loop = asyncio.get_running_loop()
+    cursor = RunWatch(app, run_id, after)
+    waiting = False
     if after > 0:
         previous = await app.store.list_events(run_id, after=after - 1, limit=1)
         waiting = bool(previous) and is_message_wait(previous[0])
     check = 0.02
-    next_tick = time.monotonic() + tick
+    next_tick = loop.time() + tick
     try:
         while True:
-            timeout = max(0.0, next_tick - time.monotonic())
+            timeout = max(0.0, next_tick - loop.time())
             if waiting:
                 timeout = min(timeout, check)
-            try:
-                item = await asyncio.wait_for(queue.get(), timeout)
-            except TimeoutError:
-                if waiting:
-                    run = await app.store.get_run(run_id)
-                    if is_parked(run):
-                        yield Parked(run, await waiting_step(app, run))
-                        return
-                    check = min(check * 2, 0.5)
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + tick
-                    if (end := await _lost_end(app, run_id, last)) is not None:
-                        yield end
-                        return
-                    yield None
+            batch = await cursor.next(timeout)
+            if batch:
+                next_tick = loop.time() + tick
+                yield batch
+                if cursor.ended:
+                    return
+                waiting, check = is_message_wait(batch[-1]), 0.02
                 continue
-            if item is done:
-                if failure:
-                    raise failure[0]
+            if cursor.ended:  # the run was deleted
                 return
-            next_tick = time.monotonic() + tick
-            last = item.id
-            yield item
-            if item.type == "end":
-                return
-            waiting, check = is_message_wait(item), 0.02
+            if waiting:
+                run = await app.store.get_run(run_id)
+                if is_parked(run):
+                    yield Parked(run, await waiting_step(app, run))
+                    return
+                check = min(check * 2, 0.5)
+            if loop.time() >= next_tick:
+                next_tick = loop.time() + tick
+                if (end := await _lost_end(app, run_id, cursor.last)) is not None:
+                    yield [end]
+                    return
+                yield None
     finally:
-        producer.cancel()
-        await asyncio.gather(producer, return_exceptions=True)
+        cursor.close()
 
 
 async def _lost_end(app: App, run_id: str, last: int) -> Event | None:
@@ -228,6 +219,8 @@ class Mapper:
         self.modes = set(modes)
         self.tenant = tenant
         self.thread_id = run.session_id
+        self._token_seq: Any = None
+        self._token_frame: tuple[str, str] | None = None
 
     def _lc_event(self, name: str, kind: str, data: dict[str, Any], seq: str | None = None) -> Part:
         return (
@@ -266,14 +259,7 @@ class Mapper:
             parts += await self.start(int(data.get("attempt") or 1))
         elif kind == "token":
             if "messages-tuple" in self.modes:
-                meta = {
-                    "run_id": self.run.id,
-                    "thread_id": self.thread_id,
-                    "graph_id": self.run.agent,
-                    "langgraph_node": self.run.agent,
-                    "langgraph_step": data.get("seq"),
-                }
-                parts.append(("messages", [ai_chunk(data.get("text", ""), self._chunk_id(data)), meta]))
+                parts.append(("messages", self._token_json(data)))
             if "events" in self.modes:
                 chunk = ai_chunk(data.get("text", ""), self._chunk_id(data))
                 parts.append(self._lc_event("on_chat_model_stream", "chat", {"chunk": chunk}, data.get("seq")))
@@ -287,6 +273,24 @@ class Mapper:
         elif kind == "end":
             parts += await self._end(data)
         return parts
+
+    def _token_json(self, data: dict[str, Any]) -> RawJSON:
+        """A `messages` part's data, [AIMessageChunk, metadata], encoded: everything but the text
+        is the same for every token of a step, so it is encoded once per step."""
+        seq = data.get("seq")
+        if self._token_seq != seq or self._token_frame is None:
+            meta = {
+                "run_id": self.run.id,
+                "thread_id": self.thread_id,
+                "graph_id": self.run.agent,
+                "langgraph_node": self.run.agent,
+                "langgraph_step": seq,
+            }
+            frame = json.dumps([ai_chunk("\0", self._chunk_id(data)), meta], ensure_ascii=False, separators=(",", ":"))
+            head, _, tail = frame.partition('"\\u0000"')
+            self._token_seq, self._token_frame = seq, (head, tail)
+        head, tail = self._token_frame
+        return RawJSON(head + json.dumps(str(data.get("text", "")), ensure_ascii=False) + tail)
 
     def _chunk_id(self, data: dict[str, Any]) -> str:
         return f"run-{self.run.id}-{data.get('seq')}"
@@ -362,6 +366,7 @@ __all__ = [
     "SLOTS",
     "Mapper",
     "Parked",
+    "RawJSON",
     "assistant_id",
     "final_result",
     "follow",

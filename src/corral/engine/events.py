@@ -1,28 +1,63 @@
-"""In-process fan-out of run events to live watchers, bounded per watcher."""
+"""In-process fan-out of run events to live watchers, bounded per watcher.
+
+The path of every streamed token, so it is kept cheap: `publish` appends to each watcher's buffer
+and completes at most one waiting future; a watcher takes everything buffered at once."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 
 from ..store.base import Event
 
 
-class Subscription:
-    """A watcher's bounded queue. When it overflows, `overflowed` is set and the watcher must
-    catch up from the store (events are persisted), so a slow watcher never grows memory."""
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
-    def __init__(self, run_id: str, maxsize: int) -> None:
+
+class Subscription:
+    """A watcher's bounded buffer. When it overflows, `overflowed` is set and the watcher must
+    catch up from the store (events are persisted), so a slow watcher never grows memory.
+    `None` in the buffer is a poke: look in the store."""
+
+    __slots__ = ("_waiter", "ends_only", "items", "maxsize", "overflowed", "run_id")
+
+    def __init__(self, run_id: str, maxsize: int, ends_only: bool = False) -> None:
         self.run_id = run_id
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
+        self.ends_only = ends_only
+        self.maxsize = maxsize
+        self.items: deque[Event | None] = deque()
         self.overflowed = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def put(self, event: Event | None) -> None:
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self.items) < self.maxsize:
+            self.items.append(event)
+        else:
             self.overflowed = True
+        if (waiter := self._waiter) is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> list[Event | None]:
+        """Everything buffered, oldest first."""
+        items = list(self.items)
+        self.items.clear()
+        return items
+
+    async def wait(self, timeout: float) -> None:
+        """Until something is buffered (or overflowed), or `timeout` seconds pass."""
+        if self.items or self.overflowed or timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
 
 class EventBus:
@@ -35,8 +70,9 @@ class EventBus:
         """Also hand every event published in this process to `tap` (metrics); it must not block."""
         self._taps.append(tap)
 
-    def subscribe(self, run_id: str) -> Subscription:
-        sub = Subscription(run_id, self._maxsize)
+    def subscribe(self, run_id: str, *, ends_only: bool = False) -> Subscription:
+        """A watcher of `run_id`'s events; with `ends_only`, of its `end` (and pokes) alone."""
+        sub = Subscription(run_id, self._maxsize, ends_only)
         self._subs[run_id].add(sub)
         return sub
 
@@ -50,8 +86,12 @@ class EventBus:
     def publish(self, event: Event) -> None:
         for tap in self._taps:
             tap(event)
-        for sub in self._subs.get(event.run_id, ()):
-            sub.put(event)
+        subs = self._subs.get(event.run_id)
+        if subs:
+            end = event.type == "end"
+            for sub in subs:
+                if end or not sub.ends_only:
+                    sub.put(event)
 
     def poke(self, run_id: str) -> None:
         """Tell watchers of `run_id` to look in the store (the run changed elsewhere)."""

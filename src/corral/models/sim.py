@@ -30,7 +30,9 @@ class SimModel(ChatModel):
     `replies` picks the reply by turn: reply *i* answers a request holding *i* assistant messages
     (the last reply repeats past the end), so concurrent conversations each get the same script.
     A callable gets the request and returns the reply. With no script the model echoes the last
-    user message. Latency: `ttft` seconds before the first chunk, then `tokens_per_second`.
+    user message. Latency: `ttft` seconds before the first chunk, then `tokens_per_second`, on a
+    fixed schedule from the call's start (chunk *i* is ready at start + ttft + i/tps), as a real
+    provider's stream is: a slow consumer finds chunks waiting instead of slowing the provider.
     Faults, drawn from a seeded generator: `error_rate` (a retryable ProviderError, status 503)
     and `hang_rate` (never answers). `repeat_chunk` > 0 streams one chunk that many times.
     """
@@ -67,6 +69,8 @@ class SimModel(ChatModel):
             await asyncio.Event().wait()
         if self.error_rate and self._rng.random() < self.error_rate:
             raise ProviderError("simulated provider error", provider=self.name, status=503)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         if self.ttft:
             await asyncio.sleep(self.ttft)
         reply = self._reply(request)
@@ -76,8 +80,8 @@ class SimModel(ChatModel):
         chunks = _chunks(reply.text)
         delay = 1.0 / self.tokens_per_second if self.tokens_per_second else 0.0
         for i, chunk in enumerate(chunks):
-            if delay and i:
-                await asyncio.sleep(delay)
+            if delay and i and (wait := start + self.ttft + i * delay - loop.time()) > 0:
+                await asyncio.sleep(wait)
             yield Delta(chunk)
         calls = tuple(ToolCall(f"call_{call}_{i}", name, dict(args)) for i, (name, args) in enumerate(reply.tool_calls))
         prompt = sum(approx_tokens(m.content) for m in request.messages)

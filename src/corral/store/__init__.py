@@ -19,7 +19,8 @@ def open_store(settings: Settings) -> Store:
             from .postgres import PostgresStore
         except ImportError as exc:  # pragma: no cover - depends on installed extras
             raise ConfigError(f"PostgreSQL needs psycopg: {exc}") from exc
-        return PostgresStore(url)
+        # With Redis carrying every event at once, NOTIFYs of flushed events would only repeat it.
+        return PostgresStore(url, announce_events=settings.redis_url is None)
     raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://...")
 
 

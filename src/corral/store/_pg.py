@@ -145,16 +145,24 @@ class Database:
     """The pool, the listener and the retry boundary of one PostgresStore.
 
     `wake(topic)` is called when another process sent a notification, and for every topic after
-    the listener reconnects (whatever was sent meanwhile is lost).
+    the listener reconnects (whatever was sent meanwhile is lost); `events(run_id)` when another
+    process's notification names a run whose events it wrote.
     """
 
-    def __init__(self, options: PgOptions, retry_seconds: float, wake: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        options: PgOptions,
+        retry_seconds: float,
+        wake: Callable[[str], None],
+        events: Callable[[str], None],
+    ) -> None:
         self.options = options
         self.schema = options.schema
         self.retry_seconds = retry_seconds
         self.channel = f"corral_{self.schema}" if self.schema else "corral"
         self.lock_key = f"corral:{self.schema or ''}"  # advisory locks: one set per schema
         self._wake = wake
+        self._events = events
         self._sender = ""
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -206,9 +214,10 @@ class Database:
         if self.schema:
             await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
 
-    def note(self, topic: str) -> dict[str, str]:
-        """The parameters of the `notify` query for `topic`."""
-        return {"channel": self.channel, "payload": f"{topic} {self._sender}"}
+    def note(self, topic: str, run_id: str | None = None) -> dict[str, str]:
+        """The parameters of the `notify` query for `topic`, naming the run whose events it wrote."""
+        payload = f"{topic} {self._sender}" if run_id is None else f"{topic} {self._sender} {run_id}"
+        return {"channel": self.channel, "payload": payload}
 
     async def run(
         self,
@@ -301,15 +310,24 @@ class Database:
                     connected_before, delay = True, 0.1
                     while True:
                         async for note in conn.notifies(timeout=_PING_SECONDS):
-                            topic, _, sender = note.payload.partition(" ")
-                            if sender != self._sender and topic in TOPICS:
-                                self._wake(topic)
+                            self._heard(note.payload)
                         await conn.execute("SELECT 1")  # a silently dead connection fails here
             except psycopg.Error as exc:
                 listening.clear()
                 log.warning("notification listener: %s; reconnecting in %.1fs (workers poll meanwhile)", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _heard(self, payload: str) -> None:
+        """A notification: `topic sender [run_id]`; this store's own are already known here."""
+        topic, _, rest = payload.partition(" ")
+        sender, _, run_id = rest.partition(" ")
+        if sender == self._sender:
+            return
+        if topic in TOPICS:
+            self._wake(topic)
+        if run_id:
+            self._events(run_id)
 
     # migrations ----------------------------------------------------------------------------
     async def upgrade(self) -> list[int]:

@@ -197,8 +197,11 @@ class ApiKey:
 class Store(abc.ABC):
     """Durable state of sessions, runs, steps, events and messages."""
 
+    announces_events = False  # whether other processes hear of written events at once (see subscribe_events)
+
     def __init__(self) -> None:
         self._listeners: list[Callable[[str], None]] = []
+        self._event_listeners: list[Callable[[str], None]] = []
 
     def subscribe(self, listener: Callable[[str], None]) -> None:
         """Call `listener(topic)` when work may have become available ("run", "message", "cancel").
@@ -215,6 +218,15 @@ class Store(abc.ABC):
     def _notify(self, topic: str) -> None:
         for listener in self._listeners:
             listener(topic)
+
+    def subscribe_events(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(run_id)` when another process wrote events of the run and announced them
+        (PostgreSQL's NOTIFY, when `announces_events`); otherwise watchers find them by polling."""
+        self._event_listeners.append(listener)
+
+    def _events_written(self, run_id: str) -> None:
+        for listener in self._event_listeners:
+            listener(run_id)
 
     # lifecycle -----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -267,12 +279,14 @@ class Store(abc.ABC):
         """Extend the leases this worker holds; report the lost ones and the cancel requests."""
 
     @abc.abstractmethod
-    async def record_step(self, fence: Fence, step: StepRecord, events: list[Event]) -> None:
-        """Write a step's record (and the events emitted since the last write), fenced."""
+    async def record_step(self, fence: Fence, step: StepRecord, events: list[Event], *, announce: bool = False) -> None:
+        """Write a step's record (and the events emitted since the last write), fenced. With
+        `announce`, watchers in other processes hear of the events at once (see `append_events`)."""
 
     @abc.abstractmethod
     async def append_events(self, fence: Fence, events: list[Event]) -> None:
-        """Write events outside a step write, fenced."""
+        """Write events outside a step write (those of a step in flight), fenced, and announce
+        them to watchers in other processes when the backend can (`announces_events`)."""
 
     @abc.abstractmethod
     async def park_run(
@@ -315,14 +329,15 @@ class Store(abc.ABC):
         limit: int = 100,
     ) -> list[RunRecord]: ...
 
-    async def count_active_runs(self, tenant: str) -> int:
-        """How many of the tenant's runs are queued or running (admission control counts them).
+    async def admission_counts(self, tenant: str) -> tuple[int, int]:
+        """What admission control weighs before it queues a run, read at once: how many of the
+        tenant's runs are queued or running, and how many runs of all tenants are queued.
 
         This portable version lists them; backends override it with one COUNT query."""
-        total = 0
+        active = 0
         for status in (RunStatus.QUEUED, RunStatus.RUNNING):
-            total += len(await self.list_runs(status=status, tenant=tenant, limit=1_000_000))
-        return total
+            active += len(await self.list_runs(status=status, tenant=tenant, limit=1_000_000))
+        return active, len(await self.list_runs(status=RunStatus.QUEUED, limit=1_000_000))
 
     @abc.abstractmethod
     async def list_steps(self, run_id: str) -> list[StepRecord]: ...

@@ -71,10 +71,11 @@ class PostgresStore(SessionsMixin, Store):
     """Store on PostgreSQL. `url` is a libpq URL, optionally with `schema`, `pool_min_size` and
     `pool_max_size` query parameters. Transient failures are retried for up to `retry_seconds`."""
 
-    def __init__(self, url: str, *, retry_seconds: float = 10.0) -> None:
+    def __init__(self, url: str, *, retry_seconds: float = 10.0, announce_events: bool = True) -> None:
         super().__init__()
         self.url = url
-        self._db = Database(parse_url(url), retry_seconds, self._wake)
+        self.announces_events = announce_events
+        self._db = Database(parse_url(url), retry_seconds, self._wake, self._events_written)
         self.schema = self._db.schema
         self._run = self._db.run
 
@@ -196,9 +197,10 @@ class PostgresStore(SessionsMixin, Store):
             cancel_requested=frozenset(rid for rid, flagged in renewed.items() if flagged),
         )
 
-    async def record_step(self, fence: Fence, step: StepRecord, events: list[Event]) -> None:
+    async def record_step(self, fence: Fence, step: StepRecord, events: list[Event], *, announce: bool = False) -> None:
         params = _step_params(step) | _event_params(events, step.finished_at or step.started_at)
         params |= {"run_id": fence.run_id, "fence_attempt": fence.attempt}
+        params |= self._announcement(fence.run_id, announce and bool(events))
 
         async def op(conn: Conn) -> None:
             row = await one(conn, Q["record_step"], params)
@@ -216,10 +218,12 @@ class PostgresStore(SessionsMixin, Store):
         if not events:
             return
 
+        params = _event_params(events, time.time()) | self._announcement(fence.run_id, True)
+        params |= {"run_id": fence.run_id, "fence_attempt": fence.attempt}
+
         async def op(conn: Conn) -> None:
-            if await one(conn, Q["fence_share"], {"run_id": fence.run_id, "attempt": fence.attempt}) is None:
+            if await one(conn, Q["append_events"], params) is None:
                 raise LeaseLost(fence.run_id, fence.attempt)
-            await conn.execute(Q["insert_events"], _event_params(events, time.time()))
 
         async def verify(conn: Conn) -> Any:
             rows = await fetch_all(
@@ -227,7 +231,11 @@ class PostgresStore(SessionsMixin, Store):
             )
             return None if rows and rows[0]["id"] == events[-1].id else MISSING
 
-        await self._run("append_events", op, verify=verify)
+        await self._run("append_events", op, verify=verify, single_statement=True)
+
+    def _announcement(self, run_id: str, wanted: bool) -> dict[str, Any]:
+        """The parameters that make a write NOTIFY the watchers of `run_id` in other processes."""
+        return {"announce": wanted and self.announces_events} | self._db.note("events", run_id)
 
     async def park_run(
         self, fence: Fence, wake_at: float | None, time_used: float, events: list[Event], waiting_for_message: bool
@@ -261,7 +269,7 @@ class PostgresStore(SessionsMixin, Store):
                 await conn.execute(Q["insert_events"], _event_params(events, now))
             due = parked is not None and parked["wake_at"] is not None and parked["wake_at"] <= now
             if due:  # a cancel arrived meanwhile: whoever is free should end the run now
-                await conn.execute(Q["notify"], self._db.note("run"))
+                await conn.execute(Q["notify"], self._db.note("run", fence.run_id))
             return True
 
         async def verify(conn: Conn) -> Any:
@@ -281,7 +289,7 @@ class PostgresStore(SessionsMixin, Store):
                 raise LeaseLost(fence.run_id, fence.attempt)
             if events:
                 await conn.execute(Q["insert_events"], _event_params(events, time.time()))
-            await conn.execute(Q["notify"], self._db.note("run"))
+            await conn.execute(Q["notify"], self._db.note("run", fence.run_id))
 
         await self._run("release_run", op, verify=self._verify_status(fence, RunStatus.QUEUED))
         self._wake("run")
@@ -295,7 +303,7 @@ class PostgresStore(SessionsMixin, Store):
         time_used: float,
         events: list[Event],
     ) -> None:
-        params = _event_params(events, time.time()) | self._db.note("run")
+        params = _event_params(events, time.time()) | self._db.note("run", fence.run_id)
         params |= {
             "run_id": fence.run_id,
             "attempt": fence.attempt,
@@ -337,7 +345,7 @@ class PostgresStore(SessionsMixin, Store):
                 await conn.execute(Q["append_end_event"], {"run_id": run_id, "data": dumps(end), "now": now})
             else:
                 updated = await one(conn, Q["cancel_running"], params)
-            await conn.execute(Q["notify"], self._db.note("cancel"))
+            await conn.execute(Q["notify"], self._db.note("cancel", run_id))
             return _run_record(updated or row)
 
         record = await self._run("request_cancel", op, idempotent=True)
@@ -368,10 +376,10 @@ class PostgresStore(SessionsMixin, Store):
         rows = await self._run("list_runs", lambda c: fetch_all(c, query, params), write=False)
         return [_run_record(r) for r in rows]
 
-    async def count_active_runs(self, tenant: str) -> int:
+    async def admission_counts(self, tenant: str) -> tuple[int, int]:
         params = {"tenant": tenant}
-        row = await self._run("count_active_runs", lambda c: one(c, Q["count_active_runs"], params), write=False)
-        return int(row["n"]) if row else 0
+        row = await self._run("admission_counts", lambda c: one(c, Q["admission_counts"], params), write=False)
+        return (int(row["active"]), int(row["queued"])) if row else (0, 0)
 
     async def list_steps(self, run_id: str) -> list[StepRecord]:
         rows = await self._run("list_steps", lambda c: fetch_all(c, Q["list_steps"], {"run_id": run_id}), write=False)

@@ -184,7 +184,8 @@ class SQLiteStore(SessionsMixin, Store):
 
         return await self._call(op)
 
-    async def record_step(self, fence: Fence, step: StepRecord, events: list[Event]) -> None:
+    async def record_step(self, fence: Fence, step: StepRecord, events: list[Event], *, announce: bool = False) -> None:
+        # `announce` has nothing to do: other processes poll a SQLite file.
         params = _step_params(step)
         params["attempt"] = fence.attempt  # the write is fenced on the claim, whatever the record says
 
@@ -319,10 +320,12 @@ class SQLiteStore(SessionsMixin, Store):
         sql = f"SELECT * FROM runs {where} ORDER BY seq DESC LIMIT :limit"
         return await self._call(lambda conn: [_run_record(r) for r in conn.execute(sql, params)], write=False)
 
-    async def count_active_runs(self, tenant: str) -> int:
-        return await self._call(
-            lambda conn: conn.execute(Q["count_active_runs"], {"tenant": tenant}).fetchone()[0], write=False
-        )
+    async def admission_counts(self, tenant: str) -> tuple[int, int]:
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            active, queued = conn.execute(Q["admission_counts"], {"tenant": tenant}).fetchone()
+            return int(active), int(queued)
+
+        return await self._call(op, write=False)
 
     async def list_steps(self, run_id: str) -> list[StepRecord]:
         return await self._call(

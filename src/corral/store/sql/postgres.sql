@@ -140,6 +140,21 @@ RETURNING runs.id, runs.cancel_requested;
 -- name: fence_share
 SELECT session_id FROM runs WHERE id = %(run_id)s AND attempt = %(attempt)s AND status = 'running' FOR SHARE;
 
+-- name: append_events
+-- Events of a step in flight, written only while the attempt holds the run; with `announce`, a
+-- NOTIFY naming the run tells the watchers in other processes to read them.
+WITH fence AS (
+    SELECT id FROM runs WHERE id = %(run_id)s AND attempt = %(fence_attempt)s AND status = 'running' FOR SHARE
+),
+written AS (
+    INSERT INTO events (run_id, id, type, data, created_at)
+    SELECT e.run_id, e.id, e.type, e.data, %(now)s
+      FROM unnest(%(event_runs)b::text[], %(event_ids)b::bigint[], %(event_types)b::text[],
+                  %(event_data)b::text[]) AS e (run_id, id, type, data)
+     WHERE EXISTS (SELECT 1 FROM fence)
+)
+SELECT id, CASE WHEN %(announce)s THEN pg_notify(%(channel)s, %(payload)s) END AS announced FROM fence;
+
 -- name: fence_lock
 SELECT session_id FROM runs
  WHERE id = %(run_id)s AND attempt = %(attempt)s AND status = 'running' FOR NO KEY UPDATE;
@@ -168,7 +183,9 @@ written AS (
                   %(event_data)b::text[]) AS e (run_id, id, type, data)
      WHERE EXISTS (SELECT 1 FROM step)
 )
-SELECT count(*) AS written FROM step;
+SELECT count(*) AS written,
+       CASE WHEN %(announce)s AND count(*) > 0 THEN pg_notify(%(channel)s, %(payload)s) END AS announced
+  FROM step;
 
 -- name: get_step
 SELECT status, attempt FROM steps WHERE run_id = %(run_id)s AND seq = %(seq)s;
@@ -291,8 +308,10 @@ SELECT status, count(*) AS n, min(created_at) AS oldest FROM runs
 -- Parked runs whose timer fired or whose message arrived: work a worker must pick up now.
 SELECT count(*) AS n FROM runs WHERE status = 'waiting' AND wake_at <= %(now)s;
 
--- name: count_active_runs
-SELECT count(*) AS n FROM runs WHERE tenant = %(tenant)s AND status IN ('queued', 'running');
+-- name: admission_counts
+-- The tenant's queued + running runs, and all queued runs.
+SELECT (SELECT count(*) FROM runs WHERE tenant = %(tenant)s AND status IN ('queued', 'running')) AS active,
+       (SELECT count(*) FROM runs WHERE status = 'queued') AS queued;
 
 -- name: lock_session_values
 SELECT "values" FROM sessions WHERE id = %(id)s FOR UPDATE;

@@ -152,10 +152,12 @@ SELECT status, COUNT(*), MIN(created_at) FROM runs
 -- Parked runs whose timer fired or whose message arrived: work a worker must pick up now.
 SELECT COUNT(*) FROM runs WHERE status = 'waiting' AND wake_at <= :now;
 
--- name: count_active_runs
--- Two counts, so that each reads only its status's partial index.
+-- name: admission_counts
+-- The tenant's queued + running runs, and all queued runs; each count reads only its status's
+-- partial index.
 SELECT (SELECT COUNT(*) FROM runs WHERE status = 'queued' AND tenant = :tenant)
-     + (SELECT COUNT(*) FROM runs WHERE status = 'running' AND tenant = :tenant);
+     + (SELECT COUNT(*) FROM runs WHERE status = 'running' AND tenant = :tenant),
+       (SELECT COUNT(*) FROM runs WHERE status = 'queued');
 
 -- name: session_values
 SELECT "values", tenant FROM sessions WHERE id = :id;
