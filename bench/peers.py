@@ -361,7 +361,7 @@ def environment(system: str, backend: str, pg_url: str | None) -> Iterator[tuple
 
 
 def run_task(system: str, backend: str, workload: int, sizes: Sizes, pg_url: str | None) -> dict[str, Any]:
-    timeout = {1: 600, 2: 600, 3: 900, 4: 900, 5: 3_600}[workload]
+    timeout = {1: 600, 2: 600, 3: 1_800, 4: 1_800, 5: 4 * 3_600}[workload]
     with environment(system, backend, pg_url) as (workdir, db, server_pid):
         spec = {"system": system, "backend": backend, "db": db, "workdir": str(workdir), "sizes": asdict(sizes)}
         server = Sampler(server_pid) if server_pid else None
@@ -625,6 +625,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes in all")
     p.add_argument("--park-sessions", type=int, default=None, help="sessions parked in workload 5")
     p.add_argument("--park-repeat", type=int, default=None, help="repetitions of workload 5 (default: --repeat)")
+    p.add_argument("--full", action="store_true", help="no size caps: every system at the full sizes (slow peers)")
     p.add_argument("--output", default="peers", help="name of the JSON and PNG files under bench/results/")
     p.add_argument("--redraw", action="store_true", help="redraw the charts and tables of bench/results/<output>.json")
     p.add_argument("--merge", metavar="NAME", help="replace cells of <output>.json with those of NAME.json, redraw")
@@ -684,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif w not in ONLY.get(s, {w}):
                     del cells[(s, b, w)]
                 else:
-                    cell.sizes, cell.note = capped(s, w, sizes)
+                    cell.sizes, cell.note = (sizes, None) if args.full else capped(s, w, sizes)
                     cell.cut = cell.note is not None
                     plan.append((s, b, w))
     started = time.perf_counter()
@@ -717,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {s}/{b} w{w} rep {rep + 1}: {shown}  ({result['seconds']}s, load {load_before[0]})", flush=True
                 )
+                # Long runs (W5 at 100,000 sessions) keep what they measured if stopped part-way.
+                report(args, sizes, machine, systems, workloads[: workloads.index(w) + 1], cells, started, final=False)
         print(f"\n{titles(sizes)[w]}; medians of {args.repeat}; ratio = system / Corral (same backend)")
         print("\n".join(table_lines(w, cells, markdown=False)), flush=True)
         report(args, sizes, machine, systems, workloads[: workloads.index(w) + 1], cells, started, final=False)
