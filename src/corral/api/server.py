@@ -83,7 +83,6 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-
 class _Api(FastAPI):
     """FastAPI, with the server's own `send` kept in the scope (`RAW_SEND`) by an outermost layer.
 
