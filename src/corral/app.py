@@ -15,6 +15,7 @@ from ._json import dumps
 from .agent import Agent, AgentFunction, AnyAgent
 from .config import Settings
 from .engine.events import EventBus
+from .engine.flush import EventFlusher
 from .engine.live import LiveEvents
 from .engine.runner import Runner
 from .engine.watch import RunWatch
@@ -89,6 +90,7 @@ class App:
         self._open_lock: asyncio.Lock | None = None
         self.bus = EventBus()
         self._live: LiveEvents | None = None
+        self._flusher: EventFlusher | None = None
         self._runners: dict[str, Runner] = {}
 
     # lifecycle -----------------------------------------------------------------------------
@@ -119,11 +121,15 @@ class App:
                         raise
                     self._live = live
                 self._store.subscribe_events(self.bus.poke)  # another process wrote a run's events
+                if self.settings.event_flush_seconds:
+                    self._flusher = EventFlusher(self._store, self.settings.event_flush_seconds)
                 self._state = _State.OPEN
         return self
 
     async def close(self) -> None:
         if self._state is _State.OPEN and self._store is not None:
+            if self._flusher is not None:
+                await self._flusher.close()
             if self._live is not None:
                 await self._live.close()
             await self._store.close()
@@ -141,6 +147,11 @@ class App:
     def live(self) -> LiveEvents | None:
         """The Redis link that carries events between processes at once (None without redis_url)."""
         return self._live
+
+    @property
+    def flusher(self) -> EventFlusher | None:
+        """Writes the events of this process's steps in flight (None with event_flush_seconds=0)."""
+        return self._flusher
 
     @property
     def store(self) -> Store:

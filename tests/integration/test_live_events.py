@@ -311,3 +311,33 @@ async def test_with_redis_a_watcher_elsewhere_catches_up_mid_step_from_the_runs_
             stored = await elsewhere.events(run_id)
     assert seen == stored[3:]  # from the stream, then live, then the store: each event once, in order
     assert seen[-1].type == "end" and "".join(e.data["text"] for e in seen if e.type == "token") == REPLY
+
+
+async def test_streaming_runs_share_one_flush_write_per_tick(database_url: str) -> None:
+    """Twenty runs streaming at once cost one store write per flush tick, not one per run."""
+    model = SimModel(replies=[REPLY], tokens_per_second=20)
+    async with make_app(database_url, [chat], models={"default": model}, event_flush_seconds=0.1) as app:
+        ids = [await app.submit("chat", INPUT, session_id=f"s{i}") for i in range(20)]
+        worker = app.worker(concurrency=20)
+        task = asyncio.create_task(worker.run())
+        try:
+            await eventually(lambda: _all_flushed_some(app, ids), timeout=10)
+            assert app.flusher is not None
+            started = time.monotonic()
+            writes = app.flusher.writes
+            await asyncio.sleep(0.5)
+            ticks = (time.monotonic() - started) / app.flusher.tick
+            assert app.flusher.writes - writes <= ticks + 2  # 20 runs, each emitting a token every 50 ms
+            for run_id in ids:
+                assert (await app.wait(run_id, timeout=30)).ok
+        finally:
+            worker.stop()
+            await task
+        for run_id in ids:
+            events = await app.events(run_id)
+            assert [e.id for e in events] == list(range(1, len(events) + 1))
+            assert "".join(e.data["text"] for e in events if e.type == "token") == REPLY
+
+
+async def _all_flushed_some(app: App, ids: list[str]) -> bool:
+    return all([await _tokens_in_store(app, run_id) >= 2 for run_id in ids])

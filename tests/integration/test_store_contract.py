@@ -117,8 +117,8 @@ async def test_a_stale_attempt_is_fenced_out_of_every_write(store):
     await store.deliver_message("s1", '"hello"', None, time.time())
     with pytest.raises(LeaseLost):
         await store.record_step(old, step("r1", "2", 1), events("r1", 3))
-    with pytest.raises(LeaseLost):
-        await store.append_events(old, events("r1", 3))
+    assert await store.append_events([(old, events("r1", 3))]) == {"r1"}  # refused, and said so
+    assert [e.id for e in await store.list_events("r1")] == [1, 2]
     with pytest.raises(LeaseLost):
         await store.consume_message(old, step("r1", "2", 1, result=None), events("r1", 3))
     with pytest.raises(LeaseLost):
@@ -279,12 +279,27 @@ async def test_list_events_in_order_from_a_position(store):
     await store.create_run(new_run("r2"))
     await claim(store)
     await store.record_step(Fence("r1", 1), step("r1", "1", 1), events("r1", 1, 2, 3))
-    await store.append_events(Fence("r1", 1), events("r1", 4, 5, 6))
-    await store.append_events(Fence("r2", 1), events("r2", 1, 2))
+    assert (
+        await store.append_events([(Fence("r1", 1), events("r1", 4, 5, 6)), (Fence("r2", 1), events("r2", 1, 2))])
+        == set()
+    )
     got = await store.list_events("r1")
     assert [(e.run_id, e.id, e.type, e.data) for e in got] == [("r1", i, "custom", {"n": i}) for i in range(1, 7)]
     assert [e.id for e in await store.list_events("r1", after=2, limit=3)] == [3, 4, 5]
     assert await store.list_events("r1", after=6) == []
+
+
+async def test_append_events_writes_the_held_runs_of_a_batch_and_names_the_others(store):
+    for rid in ("r1", "r2", "r3"):
+        await store.create_run(new_run(rid, session=f"s-{rid}"))
+    await claim(store, limit=3)
+    await store.finish_run(Fence("r2", 1), RunStatus.SUCCEEDED, "null", None, 0.0, events("r2", 1))
+    batch = [(Fence("r1", 1), events("r1", 1, 2)), (Fence("r2", 1), events("r2", 2)), (Fence("r3", 7), events("r3", 1))]
+    assert await store.append_events(batch) == {"r2", "r3"}  # r2 has ended, r3's attempt is not current
+    assert [e.id for e in await store.list_events("r1")] == [1, 2]
+    assert [e.id for e in await store.list_events("r2")] == [1]
+    assert await store.list_events("r3") == []
+    assert await store.append_events([]) == set()
 
 
 async def test_prune_deletes_the_journals_of_finished_runs_only(store):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..errors import StoreError
+from ..store.base import Event
 from .state import ApiState
 from .streams import PRELUDE, Mapper, Parked, RawJSON, follow, sse_id
 
@@ -36,8 +37,83 @@ def _text(event: str, data: Any, event_id: int | None) -> str:
     return f"{head}event: {event}\ndata: {body}\n\n"
 
 
+class BodyWriter:
+    """Writes a response's body chunks in order, from its own task (`write`) or synchronously
+    from whatever code has a chunk ready (`write_now`: a token published by a runner).
+
+    `write_now` drives the server's `send` coroutine by hand: it completes at once unless the
+    client reads too slowly (flow control), and then a task finishes it while later chunks wait.
+    """
+
+    def __init__(self) -> None:
+        self._send: Send | None = None
+        self._busy = False  # a `write` is under way
+        self._pending: asyncio.Task[None] | None = None  # a `write_now` that had to wait
+        self._error: BaseException | None = None
+
+    def bind(self, send: Send) -> None:
+        self._send = send
+
+    def write_now(self, chunk: bytes) -> bool:
+        """Write `chunk` now if nothing else is being written; False (nothing done) otherwise."""
+        if self._send is None or self._busy or self._pending is not None or self._error is not None:
+            return False
+        coro = self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return True
+        except Exception as exc:  # noqa: BLE001 - the next `write` raises it, in the stream's task
+            self._error = exc
+            return True
+        self._pending = asyncio.get_running_loop().create_task(self._finish(coro, waiting_on))
+        return True
+
+    async def _finish(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        """Drive `coro`, suspended on `waiting_on`, to its end, as a task would have."""
+        try:
+            while True:
+                try:
+                    if waiting_on is None:
+                        await asyncio.sleep(0)  # a bare yield: run again at the next turn
+                    elif asyncio.isfuture(waiting_on):
+                        waiting_on._asyncio_future_blocking = False  # taken over, as Task.__step does
+                        await waiting_on
+                    else:
+                        raise RuntimeError(f"the ASGI server's send waited on {waiting_on!r}, not an asyncio future")
+                except BaseException as exc:  # noqa: BLE001 - handed to the coroutine, as a task would
+                    waiting_on = coro.throw(exc)
+                else:
+                    waiting_on = coro.send(None)
+        except StopIteration:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the next `write` raises it, in the stream's task
+            self._error = exc
+        finally:
+            self._pending = None
+
+    async def write(self, chunk: bytes, *, more: bool = True) -> None:
+        """Write `chunk` after everything written before it."""
+        assert self._send is not None, "bind() first"
+        self._busy = True
+        try:
+            if self._pending is not None:
+                await asyncio.shield(self._pending)
+            if self._error is not None:
+                raise self._error
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
+        finally:
+            self._busy = False
+
+    async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            await asyncio.gather(self._pending, return_exceptions=True)
+
+
 class StreamResponse(Response):
-    """Streams `chunks`; stops when they end or the client disconnects, then calls `on_close`."""
+    """Streams `chunks`; stops when they end or the client disconnects, then calls `on_close`.
+    With a `writer`, whatever else holds the writer may also write to the body (in order)."""
 
     def __init__(
         self,
@@ -46,10 +122,12 @@ class StreamResponse(Response):
         media_type: str,
         headers: dict[str, str] | None = None,
         on_close: Callable[[bool], Awaitable[None]] | None = None,
+        writer: BodyWriter | None = None,
     ) -> None:
         self.chunks = chunks
         self.media_type = media_type
         self.on_close = on_close
+        self.writer = writer or BodyWriter()
         self.status_code = 200
         self.background = None
         self.init_headers(headers or {})
@@ -57,14 +135,15 @@ class StreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = self.raw_headers
         disconnected = False
+        body = self.writer
 
         async def pump() -> None:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             # The body past the middlewares' wrappers of `send` (they only watch for the start).
-            write = scope.get(RAW_SEND, send)
+            body.bind(scope.get(RAW_SEND, send))
             async for chunk in self.chunks:
-                await write({"type": "http.response.body", "body": chunk, "more_body": True})
-            await write({"type": "http.response.body", "body": b"", "more_body": False})
+                await body.write(chunk)
+            await body.write(b"", more=False)
 
         async def listen() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -85,6 +164,7 @@ class StreamResponse(Response):
                 task.cancel()
             await asyncio.gather(writer, listener, return_exceptions=True)
             await self.chunks.aclose()  # type: ignore[attr-defined]
+            await body.close()
             if self.on_close is not None:
                 await self.on_close(disconnected)
 
@@ -107,11 +187,14 @@ async def run_events(
     after: int,
     skip_to: int = 0,
     prelude: bool = False,
+    writer: BodyWriter | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE bytes of one run from Corral event `after` on, skipping SSE ids up to `skip_to`.
 
     With `prelude`, the stream first says metadata and values at the two positions kept for
-    that after event `after` (a resumed run's stream)."""
+    that after event `after` (a resumed run's stream). With the response's `writer`, live tokens
+    and custom events are written to it the moment they are published (see RunWatch), the rest
+    is yielded."""
     metrics = state.metrics
 
     def out(event_id: int, parts: list[tuple[str, Any]], first: int = 0) -> bytes:
@@ -123,11 +206,22 @@ async def run_events(
         metrics.sse_events.inc(len(texts))
         return "".join(texts).encode()
 
+    last = after
+
+    def direct(event: Event) -> bool:
+        nonlocal last
+        parts = mapper.map_now(event)
+        if parts is None or writer is None:
+            return False
+        if (chunk := out(event.id, parts[:PRELUDE])) and not writer.write_now(chunk):
+            return False
+        last = event.id
+        return True
+
     if prelude and (chunk := out(after, (await mapper.start(mapper.run.attempt))[:2], PRELUDE)):
         yield chunk
-    last = after
     try:
-        async for item in follow(state.app, mapper.run.id, after, state.heartbeat):
+        async for item in follow(state.app, mapper.run.id, after, state.heartbeat, direct if writer else None):
             if item is None:
                 yield HEARTBEAT
             elif isinstance(item, Parked):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -95,12 +95,17 @@ async def last_event_id(app: App, run_id: str) -> int:
     return last
 
 
-async def follow(app: App, run_id: str, after: int, tick: float) -> AsyncIterator[list[Event] | Parked | None]:
+async def follow(
+    app: App, run_id: str, after: int, tick: float, direct: Callable[[Event], bool] | None = None
+) -> AsyncIterator[list[Event] | Parked | None]:
     """The run's events after `after` in batches (all that are ready), ending with `end` or with
     `Parked`; None every `tick` seconds without news (the caller writes a heartbeat). Ends
-    quietly if the run is deleted."""
+    quietly if the run is deleted. Live events that `direct` handles at once (see
+    RunWatch.deliver_directly) are not yielded; they count as news."""
     loop = asyncio.get_running_loop()
     cursor = RunWatch(app, run_id, after)
+    if direct is not None:
+        cursor.deliver_directly(direct)
     waiting = False
     if after > 0:
         previous = await app.store.list_events(run_id, after=after - 1, limit=1)
@@ -128,7 +133,9 @@ async def follow(app: App, run_id: str, after: int, tick: float) -> AsyncIterato
                     yield Parked(run, await waiting_step(app, run))
                     return
                 check = min(check * 2, 0.5)
-            if loop.time() >= next_tick:
+            if cursor.live_at + tick > next_tick:  # events went out directly meanwhile
+                next_tick = cursor.live_at + tick
+            elif loop.time() >= next_tick:
                 next_tick = loop.time() + tick
                 if (end := await _lost_end(app, run_id, cursor.last)) is not None:
                     yield [end]
@@ -250,26 +257,41 @@ class Mapper:
             )
         return parts
 
-    async def map(self, event: Event) -> list[Part]:
+    def map_now(self, event: Event) -> list[Part] | None:
+        """The parts of a token or custom event, which need nothing from the store; None for
+        every other kind, and for the first event (`map` gives those)."""
+        return None if event.id == 1 else self._parts_now(event.type, event.data)
+
+    def _parts_now(self, kind: str, data: dict[str, Any]) -> list[Part] | None:
         parts: list[Part] = []
-        if event.id == 1 and event.type != "metadata":  # ended before it started (cancelled while queued)
-            parts += await self.start(self.run.attempt)
-        kind, data = event.type, event.data
-        if kind == "metadata":
-            parts += await self.start(int(data.get("attempt") or 1))
-        elif kind == "token":
+        if kind == "token":
             if "messages-tuple" in self.modes:
                 parts.append(("messages", self._token_json(data)))
             if "events" in self.modes:
                 chunk = ai_chunk(data.get("text", ""), self._chunk_id(data))
                 parts.append(self._lc_event("on_chat_model_stream", "chat", {"chunk": chunk}, data.get("seq")))
-        elif kind == "step":
-            parts += self._step(data)
         elif kind == "custom":
             if "custom" in self.modes:
                 parts.append(("custom", {"name": data.get("name"), "data": data.get("data")}))
             if "events" in self.modes:
                 parts.append(self._lc_event("on_custom_event", str(data.get("name")), {"data": data.get("data")}))
+        else:
+            return None
+        return parts
+
+    async def map(self, event: Event) -> list[Part]:
+        if event.id != 1 and (now := self._parts_now(event.type, event.data)) is not None:
+            return now  # the common case, first
+        parts: list[Part] = []
+        if event.id == 1 and event.type != "metadata":  # ended before it started (cancelled while queued)
+            parts += await self.start(self.run.attempt)
+        kind, data = event.type, event.data
+        if (now := self._parts_now(kind, data)) is not None:
+            parts += now
+        elif kind == "metadata":
+            parts += await self.start(int(data.get("attempt") or 1))
+        elif kind == "step":
+            parts += self._step(data)
         elif kind == "end":
             parts += await self._end(data)
         return parts

@@ -1,7 +1,9 @@
 """In-process fan-out of run events to live watchers, bounded per watcher.
 
 The path of every streamed token, so it is kept cheap: `publish` appends to each watcher's buffer
-and completes at most one waiting future; a watcher takes everything buffered at once."""
+and completes at most one waiting future; a watcher takes everything buffered at once. A watcher
+that can handle an event at once (an SSE stream writing a token) sets `direct`: then nothing is
+buffered and no task wakes up."""
 
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 class Subscription:
     """A watcher's bounded buffer. When it overflows, `overflowed` is set and the watcher must
     catch up from the store (events are persisted), so a slow watcher never grows memory.
-    `None` in the buffer is a poke: look in the store."""
+    `None` in the buffer is a poke: look in the store. `direct(event)`, when set, is offered each
+    event while nothing is buffered; it returns True when it has handled the event."""
 
-    __slots__ = ("_waiter", "ends_only", "items", "maxsize", "overflowed", "run_id")
+    __slots__ = ("_waiter", "direct", "ends_only", "items", "maxsize", "overflowed", "run_id")
 
     def __init__(self, run_id: str, maxsize: int, ends_only: bool = False) -> None:
         self.run_id = run_id
@@ -31,8 +34,11 @@ class Subscription:
         self.items: deque[Event | None] = deque()
         self.overflowed = False
         self._waiter: asyncio.Future[None] | None = None
+        self.direct: Callable[[Event], bool] | None = None
 
     def put(self, event: Event | None) -> None:
+        if event is not None and self.direct is not None and not self.items and self.direct(event):
+            return
         if len(self.items) < self.maxsize:
             self.items.append(event)
         else:
@@ -67,7 +73,8 @@ class EventBus:
         self._taps: list[Callable[[Event], None]] = []
 
     def add_tap(self, tap: Callable[[Event], None]) -> None:
-        """Also hand every event published in this process to `tap` (metrics); it must not block."""
+        """Also hand every event published in this process but tokens (one per streamed chunk) to
+        `tap` (metrics); it must not block."""
         self._taps.append(tap)
 
     def subscribe(self, run_id: str, *, ends_only: bool = False) -> Subscription:
@@ -84,8 +91,9 @@ class EventBus:
                 del self._subs[sub.run_id]
 
     def publish(self, event: Event) -> None:
-        for tap in self._taps:
-            tap(event)
+        if event.type != "token":
+            for tap in self._taps:
+                tap(event)
         subs = self._subs.get(event.run_id)
         if subs:
             end = event.type == "end"

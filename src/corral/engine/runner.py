@@ -101,13 +101,12 @@ class Runner:
         self.inflight: dict[str, str] = {}
         self._next_event = claim.last_event_id + 1
         self._pending: list[Event] = []  # emitted, not yet handed to the store
+        self.pending_since: float | None = None  # when the oldest pending event was emitted (monotonic)
         self._live = app.live  # Redis, which gets every event at once (None unless redis_url is set)
+        self._flusher = app.flusher  # writes the events of steps in flight (None without event_flush_seconds)
         self._flush_every = self.settings.event_flush_seconds
-        self._oldest = 0.0  # when the oldest pending event was emitted (monotonic)
-        self._flush_timer: asyncio.TimerHandle | None = None
-        self._flush_task: asyncio.Task[None] | None = None
         self._flushing: list[Event] = []  # on their way to the store in a flush
-        self._flush_lock = asyncio.Lock()  # a status change never overtakes a flush (which it would fence out)
+        self._flushed: asyncio.Future[None] | None = None  # done once that flush is over
         self._stop_reason: str | None = None
         self._stopped_steps: list[str] = []
         self._task: asyncio.Task[Any] | None = None
@@ -140,14 +139,14 @@ class Runner:
         event = Event(self.run.id, self._next_event, type_, data)
         self._next_event += 1
         if not self._pending:
-            self._oldest = time.monotonic()
+            self.pending_since = time.monotonic()
+            if self._flusher is not None and type_ != "end":
+                self._flusher.add(self)
         self._pending.append(event)
         if type_ != "end":  # live; `end` only once the outcome is written, so a watcher can rely on it
             self.app.bus.publish(event)
             if self._live is not None:
                 self._live.publish(event, self.run.attempt)
-            if self._flush_timer is None and self._flush_every:
-                self._flush_timer = asyncio.get_running_loop().call_later(self._flush_every, self._flush_due)
 
     def unwritten_events(self) -> tuple[Event, ...]:
         """Events emitted but not yet in the store (they go with the next write or flush): what a
@@ -156,48 +155,36 @@ class Runner:
 
     def _take_events(self) -> list[Event]:
         events, self._pending = self._pending, []
+        self.pending_since = None
         return events
 
     # flushing: events of a step in flight reach the store (and other processes) while it runs
-    def _flush_due(self) -> None:
-        """The flush timer: write the pending events once the oldest has waited `event_flush_seconds`.
-        Steps shorter than that write their events with their results, as if there were no flush."""
-        self._flush_timer = None
-        if not self._pending or self._flush_task is not None:
-            return  # the next emit, or the flush under way, sets the timer again
-        waited = time.monotonic() - self._oldest
-        if waited < self._flush_every:
-            self._flush_timer = asyncio.get_running_loop().call_later(self._flush_every - waited, self._flush_due)
-            return
-        self._flush_task = asyncio.create_task(self._flush(), name=f"corral-flush-{self.run.id}")
+    def begin_flush(self, done: asyncio.Future[None]) -> list[Event]:
+        """The EventFlusher takes the pending events for a write of its own, over when `done` is."""
+        events = self._flushing = self._take_events()
+        self._flushed = done
+        return events
 
-    async def _flush(self) -> None:
-        try:
-            async with self._flush_lock:
-                events = self._flushing = self._take_events()
-                if not events:
-                    return
-                try:
-                    await self.store.append_events(self.fence, events)
-                except LeaseLost:
-                    self.stop("lease_lost")  # a zombie: its events must not reach anyone
-                except StoreError as exc:
-                    log.info("run %s: flushing events failed, they go with the next write: %s", self.run.id, exc)
-                    self._pending[:0] = events
-                    self._oldest = time.monotonic()  # try again an interval later, not at once
-                finally:
-                    self._flushing = []
-        finally:
-            self._flush_task = None
-            if self._pending and self._flush_timer is None and self._stop_reason is None:
-                self._flush_due()
+    def end_flush(self, events: list[Event], *, failed: bool = False, lost: bool = False) -> None:
+        """The flush of `events` is over: written, refused (`lost`: this attempt lost the run) or
+        `failed` (they go back to the head of the queue and leave with the next write)."""
+        self._flushing = []
+        if failed and self._stop_reason is None:
+            self._pending[:0] = events
+            self.pending_since = time.monotonic()  # tried again a tick later, not at once
+            if self._flusher is not None:
+                self._flusher.add(self)
+        if lost:
+            self.stop("lease_lost")  # a zombie: its events must not reach anyone
+
+    async def _flush_settled(self) -> None:
+        """Wait for a flush under way: a status change written before it would fence it out."""
+        if self._flushed is not None and not self._flushed.done():
+            await asyncio.shield(self._flushed)
 
     def _stop_flushing(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        if self._flush_task is not None:
-            self._flush_task.cancel()
+        if self._flusher is not None:
+            self._flusher.discard(self)
 
     def stop(self, reason: str) -> None:
         """Stop the attempt: "cancel", "timeout", "drain" or "lease_lost" (which overrides all)."""
@@ -291,10 +278,10 @@ class Runner:
         if self._stop_reason is not None and not isinstance(exc, (LeaseLost, Abandon)):
             return await self._stopped()
         if isinstance(exc, Park):
-            async with self._flush_lock:
-                parked = await self._write(
-                    self.store.park_run(self.fence, exc.wake_at, self.time_used(), self._take_events(), exc.message)
-                )
+            await self._flush_settled()
+            parked = await self._write(
+                self.store.park_run(self.fence, exc.wake_at, self.time_used(), self._take_events(), exc.message)
+            )
             return Outcome.PARKED if parked else None
         if isinstance(exc, Release):
             return await self._release()
@@ -366,17 +353,17 @@ class Runner:
         }
 
     async def _release(self) -> Outcome:
-        async with self._flush_lock:
-            await self._write(self.store.release_run(self.fence, self.time_used(), self._take_events()))
+        await self._flush_settled()
+        await self._write(self.store.release_run(self.fence, self.time_used(), self._take_events()))
         return Outcome.RELEASED
 
     async def _finish(
         self, status: RunStatus, output_json: str | None, error: dict[str, Any] | None, output: Any = None
     ) -> Outcome:
-        async with self._flush_lock:
-            self.emit("end", {"status": status.value, "output": output, "error": error}, force=True)
-            events = self._take_events()
-            await self._write(self.store.finish_run(self.fence, status, output_json, error, self.time_used(), events))
+        await self._flush_settled()
+        self.emit("end", {"status": status.value, "output": output, "error": error}, force=True)
+        events = self._take_events()
+        await self._write(self.store.finish_run(self.fence, status, output_json, error, self.time_used(), events))
         self.app.bus.publish(events[-1])
         if self._live is not None:
             self._live.publish(events[-1], self.run.attempt)

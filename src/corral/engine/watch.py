@@ -6,11 +6,18 @@ process's EventBus, and goes back to the store whenever the live path cannot vou
 event (a gap, a poke, an overflowing buffer, or `poll_max` seconds of silence, for runs that
 execute in another process). One task per watcher, woken once per batch of events: at a thousand
 streams this path runs for every token of every stream.
+
+A watcher that can handle some events synchronously (an HTTP stream writes a token to its socket)
+calls `deliver_directly(handler)`: while the watcher waits in `next()` with nothing buffered, an
+event that continues the sequence goes to `handler` inside `publish`, and no task wakes at all.
+Events the handler declines, and every event while the watcher is busy with an earlier batch,
+are buffered as before, so the order never changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import StoreError
@@ -40,8 +47,28 @@ class RunWatch:
         # A run executed elsewhere is followed through Redis too, when there is one (engine.live).
         self._relay = app.live if run_id not in app._runners else None
         self._attached = False
+        self._handler: Callable[[Event], bool] | None = None
+        self._waiting = False  # inside next(), every earlier event handed out: a direct event may go now
+        self.live_at = 0.0  # when the last event went to the handler (loop time)
+
+    def deliver_directly(self, handler: Callable[[Event], bool]) -> None:
+        """Offer `handler` each live event that may be handled at once; True means it was."""
+        self._handler = handler
+        self._sub.direct = self._direct
+
+    def _direct(self, event: Event) -> bool:
+        if not self._waiting or self._stale or self.ended or event.type == "end" or event.id != self.last + 1:
+            return False
+        assert self._handler is not None
+        if not self._handler(event):
+            return False
+        self.last = event.id
+        self.live_at = now = asyncio.get_running_loop().time()
+        self._poll_at = now + self._poll_every
+        return True
 
     def close(self) -> None:
+        self._sub.direct = None
         if self._relay is not None:
             self._relay.detach(self._sub)
         self.app.bus.unsubscribe(self._sub)
@@ -77,7 +104,11 @@ class RunWatch:
                 continue
             if now >= deadline:
                 return []
-            await self._sub.wait(min(deadline, self._poll_at) - now)
+            self._waiting = True
+            try:
+                await self._sub.wait(min(deadline, self._poll_at) - now)
+            finally:
+                self._waiting = False
         return []
 
     async def _catch_up(self) -> list[Event]:

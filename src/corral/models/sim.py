@@ -80,8 +80,8 @@ class SimModel(ChatModel):
         chunks = _chunks(reply.text)
         delay = 1.0 / self.tokens_per_second if self.tokens_per_second else 0.0
         for i, chunk in enumerate(chunks):
-            if delay and i and (wait := start + self.ttft + i * delay - loop.time()) > 0:
-                await asyncio.sleep(wait)
+            if delay and i and (due := start + self.ttft + i * delay) > loop.time():
+                await _sleep_until(loop, due)
             yield Delta(chunk)
         calls = tuple(ToolCall(f"call_{call}_{i}", name, dict(args)) for i, (name, args) in enumerate(reply.tool_calls))
         prompt = sum(approx_tokens(m.content) for m in request.messages)
@@ -91,6 +91,23 @@ class SimModel(ChatModel):
             finish_reason="tool_calls" if calls else "stop",
             model=self.name,
         )
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """asyncio.sleep to a point in loop time, without its timer cancellation on every wake-up
+    (the simulator sleeps once per streamed chunk)."""
+    waiter = loop.create_future()
+    timer = loop.call_at(when, _wake, waiter)
+    try:
+        await waiter
+    except BaseException:
+        timer.cancel()
+        raise
 
 
 def _chunks(text: str) -> list[str]:

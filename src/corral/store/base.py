@@ -8,7 +8,7 @@ A Store is the one source of truth. Every write that belongs to a run attempt ca
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -95,9 +95,10 @@ class StepRecord:
     finished_at: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per streamed token, and a frozen init costs 3x
 class Event:
-    """One thing a run tells its watchers; `id` is strictly increasing within the run."""
+    """One thing a run tells its watchers; `id` is strictly increasing within the run. Treat it
+    as immutable: the same object reaches every watcher."""
 
     run_id: str
     id: int
@@ -284,9 +285,10 @@ class Store(abc.ABC):
         `announce`, watchers in other processes hear of the events at once (see `append_events`)."""
 
     @abc.abstractmethod
-    async def append_events(self, fence: Fence, events: list[Event]) -> None:
-        """Write events outside a step write (those of a step in flight), fenced, and announce
-        them to watchers in other processes when the backend can (`announces_events`)."""
+    async def append_events(self, batches: Sequence[tuple[Fence, list[Event]]]) -> set[str]:
+        """Write the events of steps in flight of many runs at once, each run's fenced on its
+        attempt; return the runs whose fence failed (nothing of theirs is written). Watchers in
+        other processes hear of the events when the backend can tell them (`announces_events`)."""
 
     @abc.abstractmethod
     async def park_run(

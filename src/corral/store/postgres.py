@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from psycopg import sql
@@ -214,24 +214,26 @@ class PostgresStore(SessionsMixin, Store):
 
         await self._run("record_step", op, verify=verify, single_statement=True)
 
-    async def append_events(self, fence: Fence, events: list[Event]) -> None:
-        if not events:
-            return
+    async def append_events(self, batches: Sequence[tuple[Fence, list[Event]]]) -> set[str]:
+        batches = [(fence, events) for fence, events in batches if events]
+        if not batches:
+            return set()
+        params = _event_params([e for _, events in batches for e in events], time.time())
+        params |= self._announcement("", True)  # the payload ends with the run's id, added per run
+        params |= {"fence_runs": [f.run_id for f, _ in batches], "fence_attempts": [f.attempt for f, _ in batches]}
 
-        params = _event_params(events, time.time()) | self._announcement(fence.run_id, True)
-        params |= {"run_id": fence.run_id, "fence_attempt": fence.attempt}
-
-        async def op(conn: Conn) -> None:
-            if await one(conn, Q["append_events"], params) is None:
-                raise LeaseLost(fence.run_id, fence.attempt)
+        async def op(conn: Conn) -> set[str]:
+            held = {row["id"] for row in await fetch_all(conn, Q["append_events"], params)}
+            return {fence.run_id for fence, _ in batches} - held
 
         async def verify(conn: Conn) -> Any:
-            rows = await fetch_all(
-                conn, Q["list_events"], {"run_id": fence.run_id, "after": events[-1].id - 1, "limit": 1}
-            )
-            return None if rows and rows[0]["id"] == events[-1].id else MISSING
+            # One statement: it landed if any run's last event is there; the runs without theirs were refused.
+            rows = await fetch_all(conn, Q["last_event_ids"], {"run_ids": [f.run_id for f, _ in batches]})
+            last = {row["run_id"]: row["last"] for row in rows}
+            refused = {f.run_id for f, events in batches if last.get(f.run_id, 0) < events[-1].id}
+            return MISSING if len(refused) == len(batches) else refused
 
-        await self._run("append_events", op, verify=verify, single_statement=True)
+        return await self._run("append_events", op, verify=verify, single_statement=True)
 
     def _announcement(self, run_id: str, wanted: bool) -> dict[str, Any]:
         """The parameters that make a write NOTIFY the watchers of `run_id` in other processes."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,14 +197,19 @@ class SQLiteStore(SessionsMixin, Store):
 
         await self._call(op)
 
-    async def append_events(self, fence: Fence, events: list[Event]) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            if conn.execute(Q["fence_check"], {"run_id": fence.run_id, "attempt": fence.attempt}).fetchone() is None:
-                raise LeaseLost(fence.run_id, fence.attempt)
-            _insert_events(conn, events, time.time())
+    async def append_events(self, batches: Sequence[tuple[Fence, list[Event]]]) -> set[str]:
+        def op(conn: sqlite3.Connection) -> set[str]:
+            ids = dumps([fence.run_id for fence, _ in batches])
+            attempts = dict(conn.execute(Q["running_attempts"], {"run_ids": ids}).fetchall())
+            lost = {fence.run_id for fence, _ in batches if attempts.get(fence.run_id) != fence.attempt}
+            _insert_events(
+                conn, [e for fence, events in batches if fence.run_id not in lost for e in events], time.time()
+            )
+            return lost
 
-        if events:
-            await self._call(op)
+        if not any(events for _, events in batches):
+            return set()
+        return await self._call(op)
 
     async def park_run(
         self, fence: Fence, wake_at: float | None, time_used: float, events: list[Event], waiting_for_message: bool

@@ -13,7 +13,7 @@ from ..deps import Auth, State
 from ..errors import NotFound
 from ..schemas import RunCreate
 from ..service import Started, rollback, run_filter_status, start_run
-from ..sse import StreamResponse, json_with_heartbeats, run_events, stream_headers
+from ..sse import BodyWriter, StreamResponse, json_with_heartbeats, run_events, stream_headers
 from ..state import ApiState
 from ..streams import Mapper, final_result, is_parked, resume_point, stream_modes, waiting_step
 
@@ -52,12 +52,14 @@ def _closer(state: ApiState, caller: Caller, run_id: str, cancel: bool, gauge: b
 def _stream(state: ApiState, caller: Caller, started: Started, cancel: bool, skip_to: int = 0) -> StreamResponse:
     run = started.run
     mapper = Mapper(state, run, started.modes, caller.tenant)
-    chunks = run_events(state, mapper, after=started.after, skip_to=skip_to, prelude=started.resumed)
+    writer = BodyWriter()
+    chunks = run_events(state, mapper, after=started.after, skip_to=skip_to, prelude=started.resumed, writer=writer)
     return StreamResponse(
         chunks,
         media_type=_SSE,
         headers=stream_headers(run.session_id, run.id),
         on_close=_closer(state, caller, run.id, cancel, gauge=True),
+        writer=writer,
     )
 
 

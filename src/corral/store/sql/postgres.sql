@@ -141,19 +141,23 @@ RETURNING runs.id, runs.cancel_requested;
 SELECT session_id FROM runs WHERE id = %(run_id)s AND attempt = %(attempt)s AND status = 'running' FOR SHARE;
 
 -- name: append_events
--- Events of a step in flight, written only while the attempt holds the run; with `announce`, a
--- NOTIFY naming the run tells the watchers in other processes to read them.
+-- Events of steps in flight of many runs, each run's written only while its attempt holds it;
+-- with `announce`, a NOTIFY per run tells the watchers in other processes to read them. Returns
+-- the runs that were held (the others' events are not written).
 WITH fence AS (
-    SELECT id FROM runs WHERE id = %(run_id)s AND attempt = %(fence_attempt)s AND status = 'running' FOR SHARE
+    SELECT r.id FROM runs AS r
+      JOIN unnest(%(fence_runs)b::text[], %(fence_attempts)b::integer[]) AS f (id, attempt)
+        ON r.id = f.id AND r.attempt = f.attempt AND r.status = 'running'
+       FOR SHARE OF r
 ),
 written AS (
     INSERT INTO events (run_id, id, type, data, created_at)
     SELECT e.run_id, e.id, e.type, e.data, %(now)s
       FROM unnest(%(event_runs)b::text[], %(event_ids)b::bigint[], %(event_types)b::text[],
                   %(event_data)b::text[]) AS e (run_id, id, type, data)
-     WHERE EXISTS (SELECT 1 FROM fence)
+     WHERE e.run_id IN (SELECT id FROM fence)
 )
-SELECT id, CASE WHEN %(announce)s THEN pg_notify(%(channel)s, %(payload)s) END AS announced FROM fence;
+SELECT id, CASE WHEN %(announce)s THEN pg_notify(%(channel)s, %(payload)s || id) END AS announced FROM fence;
 
 -- name: fence_lock
 SELECT session_id FROM runs

@@ -73,6 +73,10 @@ SELECT id FROM runs WHERE lease_owner = :owner AND status = 'running' AND cancel
 -- name: fence_check
 SELECT session_id FROM runs WHERE id = :run_id AND attempt = :attempt AND status = 'running';
 
+-- name: running_attempts
+-- The current attempt of each of the runs named in a JSON array that is running.
+SELECT id, attempt FROM runs WHERE status = 'running' AND id IN (SELECT value FROM json_each(:run_ids));
+
 -- name: upsert_step
 INSERT INTO steps (run_id, seq, kind, name, input_hash, status, result, error, attempt, started_at, finished_at)
 SELECT :run_id, :seq, :kind, :name, :input_hash, :status, :result, :error, :attempt, :started_at, :finished_at
