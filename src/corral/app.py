@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any
 
 from ._ids import new_id
-from ._json import dumps
+from ._json import dumps, loads
 from .agent import Agent, AgentFunction, AnyAgent
 from .config import Settings
 from .engine.events import EventBus
@@ -225,6 +225,23 @@ class App:
         metadata: Mapping[str, Any] | None = None,
     ) -> str:
         """Queue a run for the workers; returns its id."""
+        run = await self.enqueue(
+            agent, input, session_id=session_id, tenant=tenant, principal=principal, roles=roles, metadata=metadata
+        )
+        return run.id
+
+    async def enqueue(
+        self,
+        agent: str,
+        input: Any = None,
+        *,
+        session_id: str | None = None,
+        tenant: str | None = None,
+        principal: str | None = None,
+        roles: Iterable[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> RunRecord:
+        """`submit`, returning the queued run's record rather than its id."""
         await self.open()
         spec = self.get_agent(agent)
         input_json = dumps(input, what="the run's input")
@@ -247,7 +264,7 @@ class App:
             created_at=time.time(),
             metadata=dict(metadata or {}),
         )
-        return (await self.store.create_run(run)).id
+        return await self.store.create_run(run)
 
     async def run(self, agent: str, input: Any = None, **kwargs: Any) -> RunResult:
         """Run an agent in this process to its end (waiting through its parks) and return how it ended."""
@@ -278,7 +295,12 @@ class App:
                         raise TimeoutError(f"run {run_id} did not end within {timeout}s")
                     wait = min(wait, left)
                 await sub.wait(wait)
-                sub.take()
+                for item in sub.take():
+                    if item is not None and item.type == "end":  # published once the outcome is written
+                        data = item.data
+                        output = loads(dumps(data.get("output")))  # as the store would give it back
+                        status = RunStatus(data["status"])
+                        return RunResult(run_id, run.session_id, status, output, data.get("error"))
         finally:
             self.bus.unsubscribe(sub)
         return RunResult.of(run)

@@ -1,5 +1,8 @@
 """API keys: made once and shown once, stored as a SHA-256 hash, each mapped to a tenant, a
-principal and roles. Every route but the operational ones needs `x-api-key`."""
+principal and roles. Every route but the operational ones needs `x-api-key`.
+
+A process remembers a key it has found for `KEY_CACHE_SECONDS`, so a busy client costs no store
+read per request; a key revoked in the store stops working within that time."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from ..store.base import Store
 
 KEY_PREFIX = "crl_"
 HEADER = "x-api-key"
+KEY_CACHE_SECONDS = 5.0
+_KEY_CACHE_MAX = 10_000  # keys remembered at most; past it the cache starts over
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +33,24 @@ class Caller:
 
 class Unauthenticated(Exception):
     """No key, or a key that is unknown or revoked (401)."""
+
+
+class KeyCache:
+    """The callers of recently found keys, by key hash, for `KEY_CACHE_SECONDS`; bounded."""
+
+    def __init__(self) -> None:
+        self._found: dict[str, tuple[Caller, float]] = {}
+
+    def get(self, key_hash: str) -> Caller | None:
+        hit = self._found.get(key_hash)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, key_hash: str, caller: Caller) -> None:
+        if len(self._found) >= _KEY_CACHE_MAX:
+            self._found.clear()
+        self._found[key_hash] = (caller, time.monotonic() + KEY_CACHE_SECONDS)
 
 
 def hash_key(key: str) -> str:
@@ -54,7 +77,12 @@ async def authenticate(request: Request) -> Caller:
     key = request.headers.get(HEADER)
     if not key:
         raise Unauthenticated(f"missing {HEADER} header")
-    found = await state.app.store.find_api_key(hash_key(key))
+    key_hash = hash_key(key)
+    if (caller := state.keys.get(key_hash)) is not None:
+        return caller
+    found = await state.app.store.find_api_key(key_hash)
     if found is None:
         raise Unauthenticated("unknown or revoked API key")
-    return Caller(found.tenant, found.principal, found.roles)
+    caller = Caller(found.tenant, found.principal, found.roles)
+    state.keys.put(key_hash, caller)
+    return caller

@@ -147,7 +147,7 @@ def create_api(app: App, *, worker: bool = True, auth: bool = True, close_app: b
     )
     api.state.corral = state
     errors.install(api)
-    for module in (assistants, threads, runs, store, ops):
+    for module in (runs, threads, assistants, store, ops):  # the busiest first: routes are tried in order
         api.include_router(module.router)
     api.add_middleware(BodyLimit, limit=app.settings.max_body_bytes)
     return api

@@ -183,7 +183,7 @@ async def start_run(state: ApiState, caller: Caller, thread_id: str | None, body
         },
     }
     try:
-        run_id = await app.submit(
+        run = await app.enqueue(
             agent.name,
             run_input,
             session_id=session_id,
@@ -197,8 +197,8 @@ async def start_run(state: ApiState, caller: Caller, thread_id: str | None, body
             await _forget_thread(state, session_id, tenant)
         raise
     if thread_id is None and body.on_completion == "delete":
-        state.spawn(state.delete_when_done(session_id, run_id, tenant), name=f"corral-api-cleanup-{run_id}")
-    return Started(await app.get_run(run_id, tenant=tenant), modes)
+        state.spawn(state.delete_when_done(session_id, run.id, tenant), name=f"corral-api-cleanup-{run.id}")
+    return Started(run, modes)
 
 
 async def _forget_thread(state: ApiState, thread_id: str, tenant: str) -> None:

@@ -15,6 +15,7 @@ from ..app import App
 from ..engine.worker import Worker
 from ..errors import StoreError
 from ..telemetry.metrics import Metrics
+from .auth import KeyCache
 from .convert import assistant_id
 from .errors import NotFound
 
@@ -30,6 +31,7 @@ class ApiState:
     started_at: float = field(default_factory=time.time)
     worker: Worker | None = None
     attached: Counter[str] = field(default_factory=Counter)  # streams and waits reading a run, by run id
+    keys: KeyCache = field(default_factory=KeyCache)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     _agents: dict[str, AnyAgent] = field(default_factory=dict)
 

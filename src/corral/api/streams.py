@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # json.dumps of a str with ensure_ascii=False, without its wrappers
 from typing import TYPE_CHECKING, Any
 
 from ..engine.watch import RunWatch
@@ -312,7 +313,7 @@ class Mapper:
             head, _, tail = frame.partition('"\\u0000"')
             self._token_seq, self._token_frame = seq, (head, tail)
         head, tail = self._token_frame
-        return RawJSON(head + json.dumps(str(data.get("text", "")), ensure_ascii=False) + tail)
+        return RawJSON(head + encode_basestring(str(data.get("text", ""))) + tail)
 
     def _chunk_id(self, data: dict[str, Any]) -> str:
         return f"run-{self.run.id}-{data.get('seq')}"

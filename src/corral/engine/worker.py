@@ -42,6 +42,7 @@ class Worker:
         self.active: dict[str, Runner] = {}
         self._tasks: dict[str, asyncio.Task[Outcome | None]] = {}
         self._signal = asyncio.Event()
+        self._backlog = False  # more runs may be runnable than the last claim took
         self._stopping = asyncio.Event()
         self._check_now = asyncio.Event()
         self._cancels = 0  # cancel notifications seen: one during a claim is checked after it
@@ -76,11 +77,14 @@ class Worker:
             while not self._stopping.is_set():
                 claimed = 0
                 free = self.concurrency - len(self.active)
-                if free > 0:
+                if free <= 0:
+                    self._backlog = True  # woken while full: a slot that frees up should look
+                else:
                     cancels_before = self._cancels
+                    requested = min(free, 64)
                     try:
                         claims = await store.claim_runs(
-                            self.id, min(free, 64), agents, settings.lease_seconds, time.time(), self.only
+                            self.id, requested, agents, settings.lease_seconds, time.time(), self.only
                         )
                     except StoreError as exc:
                         log.warning("claim failed, will retry: %s", exc)
@@ -88,6 +92,9 @@ class Worker:
                     for claim in claims:
                         self._start(claim)
                     claimed = len(claims)
+                    # Fewer than asked: nothing more was runnable. Only news (a submit, a wake-up,
+                    # a freed slot while work waits) or the idle poll makes the next claim.
+                    self._backlog = claimed == requested
                     if claims and self._cancels != cancels_before:
                         # A cancel may have landed after the claim read the run and before its
                         # runner was registered: look at the flags now, not at the next heartbeat.
@@ -100,7 +107,7 @@ class Worker:
                         return
                     if run.wake_at is not None:  # parked: look again when it is due
                         delay = min(max(run.wake_at - time.time(), 0.001), settings.poll_max)
-                if claimed and len(self.active) < self.concurrency:
+                if self._backlog and len(self.active) < self.concurrency:
                     delay = settings.poll_interval
                     continue
                 self._signal.clear()
@@ -139,7 +146,8 @@ class Worker:
             if outcome is Outcome.FINISHED:
                 self.completed += 1
             self.app.bus.poke(rid)
-            self._signal.set()
+            if self._backlog or not self.active:  # runs wait for this slot, or an idle worker may stop
+                self._signal.set()
 
     async def _heartbeat(self) -> None:
         settings = self.app.settings

@@ -129,17 +129,20 @@ class SessionsMixin:
         return await self._run("update_session", op)  # type: ignore[no-any-return]
 
     async def delete_session(self, session_id: str, tenant: str | None) -> None:
-        async def op(conn: Conn) -> None:
+        async def op(conn: Conn) -> bool:
             await _session(conn, session_id, tenant)
-            await conn.execute(Q["lock_session_runs"], {"id": session_id})
+            runs = await fetch_all(conn, Q["lock_session_runs"], {"id": session_id})
+            active = any(not RunStatus(row["status"]).terminal for row in runs)
             await conn.execute(Q["delete_session"], {"id": session_id})
-            await conn.execute(Q["notify"], self._db.note("cancel"))
+            if active:  # the workers holding them find them gone at their next look
+                await conn.execute(Q["notify"], self._db.note("cancel"))
+            return active
 
         async def verify(conn: Conn) -> Any:
-            return None if await one(conn, Q["lock_session"], {"id": session_id}) is None else MISSING
+            return True if await one(conn, Q["lock_session"], {"id": session_id}) is None else MISSING
 
-        await self._run("delete_session", op, verify=verify)
-        self._wake("cancel")
+        if await self._run("delete_session", op, verify=verify):
+            self._wake("cancel")
 
     async def search_sessions(
         self,

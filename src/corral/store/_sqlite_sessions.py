@@ -140,8 +140,9 @@ class SessionsMixin:
         return await self._call(op)
 
     async def delete_session(self, session_id: str, tenant: str | None) -> None:
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> bool:
             self._session(conn, session_id, tenant)
+            active = conn.execute(Q["count_session_active_runs"], {"id": session_id}).fetchone()[0] > 0
             for name in (
                 "delete_session_steps",
                 "delete_session_events",
@@ -151,9 +152,10 @@ class SessionsMixin:
                 "delete_session_row",
             ):
                 conn.execute(Q[name], {"id": session_id})
+            return active
 
-        await self._call(op)
-        self._notify("cancel")
+        if await self._call(op):  # the workers holding its runs find them gone at their next look
+            self._notify("cancel")
 
     async def search_sessions(
         self,

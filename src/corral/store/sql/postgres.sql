@@ -355,7 +355,7 @@ UPDATE sessions SET metadata = %(metadata)s::jsonb, updated_at = %(now)s WHERE i
 
 -- name: lock_session_runs
 -- Runs before their session, the order every other writer takes them in.
-SELECT id FROM runs WHERE session_id = %(id)s ORDER BY id FOR UPDATE;
+SELECT id, status FROM runs WHERE session_id = %(id)s ORDER BY id FOR UPDATE;
 
 -- name: delete_session
 WITH run_ids AS (SELECT id FROM runs WHERE session_id = %(id)s),

@@ -201,6 +201,9 @@ SELECT * FROM (
 -- name: set_session_metadata
 UPDATE sessions SET metadata = :metadata, updated_at = :now WHERE id = :id;
 
+-- name: count_session_active_runs
+SELECT COUNT(*) FROM runs WHERE session_id = :id AND status IN ('queued', 'running', 'waiting');
+
 -- name: delete_session_steps
 DELETE FROM steps WHERE run_id IN (SELECT id FROM runs WHERE session_id = :id);
 
