@@ -46,13 +46,12 @@ import tempfile
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_DIR, RESULTS_DIR, Metric, machine_info, percentile, write_results
+from _common import BENCH_DIR, RESULTS_DIR, Metric, machine_info, percentile, postgres_database, write_results
 
 SYSTEMS = {
     "corral": ("systems.corral", "CorralSystem"),
@@ -214,30 +213,6 @@ def child(spec_json: str) -> int:
 
 
 # --- driver side: databases, servers, the child process ----------------------------------------
-def pg_url_with_db(url: str, db: str) -> str:
-    base, _, query = url.partition("?")
-    head, _, _old = base.rpartition("/")
-    return f"{head}/{db}" + (f"?{query}" if query else "")
-
-
-@contextlib.contextmanager
-def postgres_database(url: str) -> Iterator[str]:
-    import psycopg
-    from psycopg import sql
-
-    name = f"corral_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield pg_url_with_db(url, name)
-    finally:
-        try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        except psycopg.Error as exc:
-            print(f"  could not drop database {name}: {exc}", file=sys.stderr)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,27 +1,31 @@
 """API server benchmark (issue 5): run creation rate, time to first streamed event, and the added
 latency of token events with many concurrent streaming clients on one API process.
 
-    python bench/server.py [--clients 1000] [--repeat N] [--quick] [--no-write]
+    python bench/server.py [--clients 1000] [--rates 5,10,20] [--topology embedded,split]
+                           [--repeat N] [--quick] [--no-write]
 
-Each repetition starts ONE `corral serve` subprocess on 127.0.0.1 (its in-process worker,
-CORRAL_CONCURRENCY=1000, SQLite in a temporary directory) serving `bench/server_app.py`: a chat
-Agent whose SimModel replies with `--tokens` words, the first `--ttft` seconds after the model call
-and then one every 1/`--tps` seconds on a fixed schedule (as a provider streams), each word
-stamped with the moment the model produced it. This process drives it over HTTP:
+Each repetition starts, on 127.0.0.1 with SQLite in a temporary directory, either ONE `corral serve`
+process that also executes the runs (`embedded`, CORRAL_CONCURRENCY=1000), or a `corral serve
+--no-worker` API process and one `corral worker --concurrency 1000` (`split`, the fleet's shape;
+`--relay redis` adds CORRAL_REDIS_URL to both). It serves `bench/server_app.py`: one chat Agent
+per rate R in `--rates` whose SimModel streams R words a second for `--stream-seconds`, each word
+stamped with the moment a provider would have had it ready. This process drives it over HTTP:
 
 - create: `--create-clients` httpx clients POST /threads/{id}/runs (background, agent `noop`) as
   fast as they can for `--create-seconds`; runs created per second (2xx answers / elapsed).
 - first event: one stream at a time, POST /runs/stream (stream_mode messages-tuple); time to the
   first SSE event (metadata) and to the first `messages` token event (includes the SimModel's ttft).
-- fanout: `--clients` clients each stream one run (messages-tuple), their starts spread evenly over
-  `--ramp` seconds. Added latency of a token event = its arrival at the client - the moment the
-  model produced it (both `time.monotonic()`, one clock on one host): everything the server adds
-  between the provider and the client (runner, event bus, mapping, JSON, SSE, loopback TCP).
-  Also reported: request-to-run-start delay, errors, events, and the server's peak RSS (VmRSS of
-  the process and its children, sampled every 50 ms).
+- fanout, per rate: `--clients` clients each stream one run (messages-tuple), their starts spread
+  evenly over `--ramp` seconds. Added latency of a token event = its arrival at the client - the
+  moment it was due from the model (both `time.monotonic()`, one clock on one host): everything
+  the server adds between the provider and the client, its own scheduling delays included.
+  "steady" counts the tokens due while every client was streaming (after the last one started,
+  before the first one finished): the latency of N concurrent streams, apart from the ramp's run
+  creation. Also reported: request-to-run-start delay, errors, events, the processes' CPU and
+  the API process's peak RSS (VmRSS, sampled every 50 ms).
 
-Streams are read by a minimal asyncio HTTP/1.1 client (see `stream_one`) so that the load
-generator, on the same 2 cores, takes as little CPU from the server as it can; its CPU time is
+Streams are read by a minimal asyncio HTTP/1.1 client (see `_StreamClient`) so that the load
+generator, on the same cores, takes as little CPU from the server as it can; its CPU time is
 reported beside the figures. The server's access log goes to a file in the temporary directory.
 Results are the median, min and max over repetitions, printed as a table and written to
 bench/results/server.json.
@@ -44,7 +48,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +58,8 @@ try:
     import uvloop
 except ImportError:  # pragma: no cover - a dependency of corral on Linux and macOS
     uvloop = None
-from _common import BENCH_DIR, Metric, machine_info, percentile, print_table, write_results
+from _common import BENCH_DIR, Metric, machine_info, percentile, postgres_database, print_table, write_results
+from server_app import rate_name, tokens_at
 
 TOKEN_RE = re.compile(rb'"content":"tok(\d+)@([0-9.]+) ?"')
 TARGET_ADDED_P99_MS = "< 10"
@@ -64,16 +69,20 @@ TARGET_ADDED_P99_MS = "< 10"
 class Config:
     clients: int
     repeat: int
-    tokens: int
+    rates: list[float]
+    stream_seconds: float
     ttft: float
-    tps: float
     ramp: float
+    topology: str  # "embedded": one process; "split": an API process and a worker process
+    relay: str  # split: how events cross from the worker: "store" or "redis"
+    redis_url: str | None
+    pg_url: str | None  # split: on a fresh database of this PostgreSQL server; None: SQLite
     create_seconds: float
     create_clients: int
     first_event_samples: int
 
 
-# --- the server process ---------------------------------------------------------------------------
+# --- the server processes -------------------------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -83,8 +92,6 @@ def _free_port() -> int:
 
 
 def _corral(*args: str) -> list[str]:
-    if args[0] == "serve" and os.environ.get("BENCH_CPROFILE"):
-        return [sys.executable, os.environ["BENCH_CPROFILE"], *args]
     return [sys.executable, "-m", "corral", *args]
 
 
@@ -151,24 +158,38 @@ class RssSampler:
 class Server:
     url: str
     key: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes]  # the API process
+    worker: subprocess.Popen[bytes] | None = None  # split: the process that executes the runs
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(API process, worker process) CPU seconds so far; the worker's is 0 when embedded."""
+        return _cpu_seconds(self.proc.pid), (_cpu_seconds(self.worker.pid) if self.worker else 0.0)
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid] + ([self.worker.pid] if self.worker else [])
 
 
 @contextlib.contextmanager
 def serve(cfg: Config) -> Iterator[Server]:
-    """`corral serve server_app:app` on a fresh SQLite database; terminated on the way out."""
-    with tempfile.TemporaryDirectory(prefix="corral-bench-server-") as tmp:
+    """The server processes on a fresh database; terminated on the way out."""
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="corral-bench-server-"))
+        split_pg = cfg.topology == "split" and cfg.pg_url
+        db = stack.enter_context(postgres_database(cfg.pg_url)) if split_pg else f"sqlite:///{Path(tmp) / 'bench.db'}"
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")},
             "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")])),
-            "CORRAL_DATABASE_URL": f"sqlite:///{Path(tmp) / 'bench.db'}",
+            "CORRAL_DATABASE_URL": db,
             "CORRAL_CONCURRENCY": "1000",
             "CORRAL_MAX_QUEUED_PER_TENANT": "1000000",
             "CORRAL_MAX_QUEUED_TOTAL": "1000000",
-            "BENCH_TOKENS": str(cfg.tokens),
+            "BENCH_RATES": ",".join(f"{r:g}" for r in cfg.rates),
+            "BENCH_STREAM_SECONDS": str(cfg.stream_seconds),
             "BENCH_TTFT": str(cfg.ttft),
-            "BENCH_TOKENS_PER_SECOND": str(cfg.tps),
         }
+        if cfg.topology == "split" and cfg.relay == "redis":
+            env["CORRAL_REDIS_URL"] = cfg.redis_url or ""
         key = subprocess.run(
             _corral("keys", "create", "--tenant", "bench", "--principal", "bench"),
             env=env,
@@ -179,28 +200,37 @@ def serve(cfg: Config) -> Iterator[Server]:
         ).stdout.strip()
         port = _free_port()
         log = (Path(tmp) / "server.log").open("wb")
-        proc = subprocess.Popen(
-            _corral("serve", os.environ.get("BENCH_APP", "server_app:app"), "--host", "127.0.0.1", "--port", str(port)),
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        procs: list[subprocess.Popen[bytes]] = []
+
+        def start(*args: str) -> subprocess.Popen[bytes]:
+            proc = subprocess.Popen(
+                _corral(*args), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            procs.append(proc)
+            return proc
+
+        worker = None
+        if cfg.topology == "split":
+            worker = start("worker", "server_app:app", "--concurrency", "1000")
+            api = start("serve", "server_app:app", "--no-worker", "--host", "127.0.0.1", "--port", str(port))
+        else:
+            api = start("serve", "server_app:app", "--host", "127.0.0.1", "--port", str(port))
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 30
             while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited with {proc.returncode}: {_tail(tmp)}")
+                if any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"a server process exited: {_tail(tmp)}")
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
                         break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the server did not start: {_tail(tmp)}")
                 time.sleep(0.1)
-            yield Server(url, key, proc)
+            yield Server(url, key, api, worker)
         finally:
-            _stop(proc)
+            for proc in reversed(procs):
+                _stop(proc)
             log.close()
 
 
@@ -221,13 +251,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
-async def wait_idle(pid: int, *, below: float = 0.15, window: float = 0.5, limit: float = 20.0) -> None:
-    """Until the server uses less than `below` of a core over `window` seconds (its runs drained)."""
+async def wait_idle(pids: list[int], *, below: float = 0.15, window: float = 0.5, limit: float = 60.0) -> None:
+    """Until the server processes use less than `below` of a core over `window` seconds (drained)."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        c0 = _cpu_seconds(pid)
+        c0 = sum(_cpu_seconds(p) for p in pids)
         await asyncio.sleep(window)
-        if (_cpu_seconds(pid) - c0) / window < below:
+        if (sum(_cpu_seconds(p) for p in pids) - c0) / window < below:
             return
 
 
@@ -282,70 +312,110 @@ class StreamResult:
     error: str | None = None
 
 
-STREAM_BODY = json.dumps(
-    {
-        "assistant_id": "chat",
-        "input": {"messages": [{"role": "user", "content": "go"}]},
-        "stream_mode": ["messages-tuple"],
-    }
-).encode()
+def stream_body(rate: float) -> bytes:
+    """POST /runs/stream's body for the agent that streams `rate` tokens a second."""
+    return json.dumps(
+        {
+            "assistant_id": rate_name(rate),
+            "input": {"messages": [{"role": "user", "content": "go"}]},
+            "stream_mode": ["messages-tuple"],
+        }
+    ).encode()
 
 
-async def stream_one(server: Server, delay: float = 0.0, *, first_token_only: bool = False) -> StreamResult:
+class _StreamClient(asyncio.Protocol):
+    """One streamed run read straight off the socket: events are split on the SSE terminator
+    (the chunked framing between them is ignored) and only what the benchmark needs is parsed."""
+
+    def __init__(self, res: StreamResult, first_token_only: bool) -> None:
+        self.res = res
+        self.first_token_only = first_token_only
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.head = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        buf, res = self.buf + data, self.res
+        if self.head:
+            if (i := buf.find(b"\r\n\r\n")) < 0:
+                self.buf = buf
+                return
+            head, buf, self.head = buf[:i], buf[i + 4 :], False
+            if (status := int(head.split(b" ", 2)[1])) != 200:
+                return self._finish(f"HTTP {status}")
+            if b"chunked" not in head.lower():
+                return self._finish("not a chunked response")
+        *events, self.buf = buf.split(b"\n\n")
+        for text in events:
+            at = text.find(b"event: ")
+            if at < 0:
+                continue  # a heartbeat comment
+            name = text[at + 7 : text.find(b"\n", at)]
+            if res.t_first_event is None:
+                res.t_first_event = now
+            if name == b"messages":
+                if m := TOKEN_RE.search(text, at):
+                    res.tokens.append((int(m.group(1)), float(m.group(2)), now))
+                    if self.first_token_only:
+                        return self._finish(None)  # closing leaves the run to finish on its own
+            elif name == b"metadata":
+                res.t_meta = res.t_meta or now
+            elif name == b"end":
+                return self._finish(None)
+            elif name == b"error":
+                return self._finish("error event")
+
+    def _finish(self, error: str | None) -> None:
+        if error is not None:
+            self.res.error = error
+        if self.transport is not None:
+            self.transport.close()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.res.error = self.res.error or (type(exc).__name__ if exc else "closed before the end")
+            self.done.set_result(None)
+
+
+async def stream_one(
+    server: Server, body: bytes, delay: float = 0.0, *, first_token_only: bool = False
+) -> StreamResult:
     """POST /runs/stream (messages-tuple) over a plain socket; note when each SSE event arrives.
 
-    A minimal HTTP/1.1 client (one request, a chunked response), so that the load generator takes
-    as little as possible of the cores it shares with the server: httpx costs about as much CPU
-    per event as the server does."""
+    A minimal HTTP/1.1 client on an asyncio Protocol, so that the load generator takes as little
+    as it can of the cores it shares with the server (httpx costs about as much CPU per event as
+    the server does)."""
     if delay:
         await asyncio.sleep(delay)
     host, port = server.url.removeprefix("http://").split(":")
     res = StreamResult(t_request=time.monotonic())
-    writer = None
     try:
-        reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 20)
-        writer.write(
-            b"POST /runs/stream HTTP/1.1\r\nhost: %s\r\nx-api-key: %s\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n%s" % (host.encode(), server.key.encode(), len(STREAM_BODY), STREAM_BODY)
+        transport, client = await asyncio.get_running_loop().create_connection(
+            lambda: _StreamClient(res, first_token_only), host, int(port)
         )
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        if status != 200:
-            res.error = f"HTTP {status}"
-            return res
-        if b"chunked" not in head.lower():
-            res.error = "not a chunked response"
-            return res
-        event = b""
-        while size := int((await reader.readline()).strip() or b"0", 16):
-            data = await reader.readexactly(size + 2)
-            now = time.monotonic()
-            for line in data.split(b"\n"):
-                if line.startswith(b"event: "):
-                    event = line[7:].strip()
-                    if res.t_first_event is None:
-                        res.t_first_event = now
-                    if event == b"metadata" and res.t_meta is None:
-                        res.t_meta = now
-                    elif event == b"error":
-                        res.error = "error event"
-                elif event == b"messages" and line.startswith(b"data: "):
-                    if m := TOKEN_RE.search(line):
-                        res.tokens.append((int(m.group(1)), float(m.group(2)), now))
-                        if first_token_only:
-                            return res  # closing the connection leaves the run to finish on its own
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+    except OSError as exc:
         res.error = type(exc).__name__
-    finally:
-        if writer is not None:
-            writer.close()
+        return res
+    transport.write(
+        b"POST /runs/stream HTTP/1.1\r\nhost: %s\r\nx-api-key: %s\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (host.encode(), server.key.encode(), len(body), body)
+    )
+    await client.done
     return res
 
 
 async def measure_first_event(server: Server, cfg: Config) -> dict[str, Any]:
     first, token = [], []
+    body = stream_body(cfg.rates[0])
     for _ in range(cfg.first_event_samples):
-        res = await stream_one(server, first_token_only=True)
+        res = await stream_one(server, body, first_token_only=True)
         if res.error or res.t_first_event is None or not res.tokens:
             continue
         first.append((res.t_first_event - res.t_request) * 1000)
@@ -359,39 +429,54 @@ async def measure_first_event(server: Server, cfg: Config) -> dict[str, Any]:
     }
 
 
-async def measure_fanout(server: Server, cfg: Config, rss: RssSampler) -> dict[str, Any]:
+async def measure_fanout(server: Server, cfg: Config, rate: float, rss: RssSampler) -> dict[str, Any]:
     rss.reset()
-    cpu0, scpu0, t0 = time.process_time(), _cpu_seconds(server.proc.pid), time.monotonic()
+    body = stream_body(rate)
+    cpu0, (api0, worker0), t0 = time.process_time(), server.cpu_seconds(), time.monotonic()
     spread = cfg.ramp / max(1, cfg.clients)
-    results = await asyncio.gather(*(stream_one(server, i * spread) for i in range(cfg.clients)))
+    results = await asyncio.gather(*(stream_one(server, body, i * spread) for i in range(cfg.clients)))
     wall = time.monotonic() - t0
-    client_cpu, server_cpu = time.process_time() - cpu0, _cpu_seconds(server.proc.pid) - scpu0
+    (api1, worker1), client_cpu = server.cpu_seconds(), time.process_time() - cpu0
     peak = rss.peak_mib()
-    added, start_delay = [], []
+    added, steady, start_delay = [], [], []
     errors = incomplete = 0
+    expected = tokens_at(rate, cfg.stream_seconds)
+    good = [r for r in results if not r.error and r.t_meta is not None and r.tokens]
+    # Every client streams from the last one's first token due to the first one's last token due.
+    window = (max((r.tokens[0][1] for r in good), default=0.0), min((r.tokens[-1][1] for r in good), default=0.0))
     for res in results:
         if res.error or res.t_meta is None:
             errors += 1
             continue
-        if len(res.tokens) != cfg.tokens:
+        if len(res.tokens) != expected:
             incomplete += 1
         start_delay.append((res.t_meta - res.t_request) * 1000)
-        added.extend((arrival - produced) * 1000 for _, produced, arrival in res.tokens)
+        for _, due, arrival in res.tokens:
+            added.append(late := (arrival - due) * 1000)
+            if window[0] <= due <= window[1]:
+                steady.append(late)
+    busy = max(1e-9, window[1] - window[0])
     return {
+        "rate": rate,
         "added_p50_ms": percentile(added, 50),
         "added_p99_ms": percentile(added, 99),
         "added_max_ms": max(added, default=float("nan")),
+        "steady_p50_ms": percentile(steady, 50),
+        "steady_p99_ms": percentile(steady, 99),
+        "steady_seconds": max(0.0, window[1] - window[0]),
+        "steady_events_per_s": len(steady) / busy if steady else 0.0,
         "start_p50_ms": percentile(start_delay, 50),
         "start_p99_ms": percentile(start_delay, 99),
         "events": len(added),
-        "expected_events": cfg.clients * cfg.tokens,
+        "expected_events": cfg.clients * expected,
         "errors": errors,
         "incomplete": incomplete,
         "peak_rss_mib": peak,
         "wall_s": wall,
         "events_per_s": len(added) / wall if wall else float("nan"),
         "client_cpu_s": client_cpu,
-        "server_cpu_s": server_cpu,
+        "api_cpu_s": api1 - api0,
+        "worker_cpu_s": worker1 - worker0,
     }
 
 
@@ -401,102 +486,160 @@ async def repetition(cfg: Config) -> dict[str, Any]:
         try:
             idle_rss = _rss_kib(server.proc.pid) / 1024
             create = await measure_create(server, cfg)
-            await wait_idle(server.proc.pid)
+            await wait_idle(server.pids)
             first = await measure_first_event(server, cfg)
-            await wait_idle(server.proc.pid)
-            fanout = await measure_fanout(server, cfg, rss)
+            await wait_idle(server.pids)
+            fanouts = []
+            for rate in cfg.rates:
+                fanouts.append(await measure_fanout(server, cfg, rate, rss))
+                await wait_idle(server.pids)
         finally:
             rss.stop()
-    return {"idle_rss_mib": idle_rss, "create": create, "first": first, "fanout": fanout}
+    return {"idle_rss_mib": idle_rss, "create": create, "first": first, "fanout": fanouts}
 
 
 # --- main -----------------------------------------------------------------------------------------
 
 
+def _metrics(cfg: Config, reps: list[dict[str, Any]]) -> dict[str, Metric]:
+    def one(name: str, unit: str, part: str, key: str, **kw: Any) -> Metric:
+        return Metric(name, unit, [float(r[part][key]) for r in reps], **kw)
+
+    metrics = {
+        "runs_created_per_s": one("runs created /s", "runs/s", "create", "runs_per_s", higher_is_better=True),
+        "first_event_p50_ms": one("first SSE event p50", "ms", "first", "first_event_p50_ms"),
+        "first_event_p99_ms": one("first SSE event p99", "ms", "first", "first_event_p99_ms"),
+        "first_token_p50_ms": one(f"first token p50 (ttft {cfg.ttft:g}s)", "ms", "first", "first_token_p50_ms"),
+        "idle_rss_mib": Metric("API RSS at start", "MiB", [float(r["idle_rss_mib"]) for r in reps]),
+    }
+    c = cfg.clients
+    for i, rate in enumerate(cfg.rates):
+
+        def fan(name: str, unit: str, key: str, i: int = i, **kw: Any) -> Metric:
+            return Metric(name, unit, [float(r["fanout"][i][key]) for r in reps], **kw)
+
+        def share(name: str, key: str, i: int = i) -> Metric:
+            return Metric(name, "cores", [r["fanout"][i][key] / r["fanout"][i]["wall_s"] for r in reps])
+
+        for r in reps:  # a stream missing tokens counts as an error
+            r["fanout"][i]["failed_streams"] = r["fanout"][i]["errors"] + r["fanout"][i]["incomplete"]
+        t = f"{c} streams x {rate:g} tok/s"
+        metrics |= {
+            f"steady_p50_ms@{rate:g}": fan(f"{t}: added latency p50, all streaming", "ms", "steady_p50_ms"),
+            f"steady_p99_ms@{rate:g}": fan(
+                f"{t}: added latency p99, all streaming", "ms", "steady_p99_ms", target=TARGET_ADDED_P99_MS
+            ),
+            f"added_p99_ms@{rate:g}": fan(f"{t}: added latency p99, with the ramp", "ms", "added_p99_ms"),
+            f"steady_events_per_s@{rate:g}": fan(
+                f"{t}: token events /s, all streaming", "events/s", "steady_events_per_s"
+            ),
+            f"start_p99_ms@{rate:g}": fan(f"{t}: request to run start p99", "ms", "start_p99_ms"),
+            f"failed_streams@{rate:g}": fan(f"{t}: streams failed or missing tokens", "count", "failed_streams"),
+            f"api_cores@{rate:g}": share(f"{t}: API process CPU", "api_cpu_s"),
+            f"worker_cores@{rate:g}": share(f"{t}: worker process CPU", "worker_cpu_s"),
+            f"client_cores@{rate:g}": share(f"{t}: load generator CPU", "client_cpu_s"),
+            f"peak_rss_mib@{rate:g}": fan(f"{t}: API peak RSS", "MiB", "peak_rss_mib"),
+        }
+    return metrics
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=None, help="concurrent streaming clients (default 1000)")
-    parser.add_argument("--repeat", type=int, default=None, help="repetitions (default 3; --quick 1)")
-    parser.add_argument("--quick", action="store_true", help="100 clients, 1 repetition, shorter phases")
-    parser.add_argument("--tokens", type=int, default=50, help="tokens per reply (default 50)")
+    parser.add_argument("--rates", default=None, help="tokens per second of each stream, a list (default 5,10,20)")
+    parser.add_argument("--stream-seconds", type=float, default=None, help="length of each stream (default 30)")
+    parser.add_argument("--ramp", type=float, default=None, help="spread the clients' starts over this (default 10)")
     parser.add_argument("--ttft", type=float, default=0.1, help="SimModel ttft in seconds (default 0.1)")
-    parser.add_argument("--tps", type=float, default=20.0, help="SimModel tokens per second (default 20)")
-    parser.add_argument("--ramp", type=float, default=None, help="spread the clients' starts over this (s)")
+    parser.add_argument(
+        "--topology", default="embedded", help="embedded (one process), split (API + worker processes), or both"
+    )
+    parser.add_argument("--relay", choices=["store", "redis"], default=None, help="split: events via (default redis)")
+    parser.add_argument("--redis-url", default=os.environ.get("CORRAL_TEST_REDIS_URL"), help="for --relay redis")
+    parser.add_argument(
+        "--pg-url", default=os.environ.get("CORRAL_TEST_POSTGRES_URL"), help="split runs on PostgreSQL (else SQLite)"
+    )
+    parser.add_argument("--repeat", type=int, default=None, help="repetitions (default 3; --quick 1)")
+    parser.add_argument("--quick", action="store_true", help="100 clients at 20 tok/s for 5 s, 1 repetition")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/server.json")
     args = parser.parse_args()
-    clients = args.clients or (100 if args.quick else 1000)
-    cfg = Config(
-        clients=clients,
+    relay = args.relay or ("redis" if args.redis_url else "store")
+    if relay == "redis" and not args.redis_url:
+        parser.error("--relay redis needs --redis-url (or CORRAL_TEST_REDIS_URL)")
+    topologies = [t.strip() for t in args.topology.split(",") if t.strip()]
+    if not topologies or set(topologies) - {"embedded", "split"}:
+        parser.error("--topology takes embedded, split or both")
+    base = Config(
+        clients=args.clients or (100 if args.quick else 1000),
         repeat=args.repeat or (1 if args.quick else 3),
-        tokens=args.tokens,
+        rates=[float(r) for r in (args.rates or ("20" if args.quick else "5,10,20")).split(",")],
+        stream_seconds=args.stream_seconds or (5.0 if args.quick else 30.0),
         ttft=args.ttft,
-        tps=args.tps,
-        ramp=args.ramp if args.ramp is not None else min(2.0, clients / 500),
+        ramp=args.ramp if args.ramp is not None else (2.0 if args.quick else 10.0),
+        topology="embedded",
+        relay=relay,
+        redis_url=args.redis_url,
+        pg_url=args.pg_url,
         create_seconds=3.0 if args.quick else 5.0,
         create_clients=4,
         first_event_samples=20 if args.quick else 50,
     )
     info = machine_info()
     print(
-        f"corral serve (1 process, in-process worker, SQLite) | {cfg.clients} streaming clients, "
-        f"{cfg.tokens} tokens at {cfg.tps:g}/s after ttft {cfg.ttft:g}s, starts over {cfg.ramp:g}s | "
-        f"{cfg.repeat} repetition(s) | {info['usable_cores']} cores, load {info['load_average_at_start']}",
+        f"{base.clients} streaming clients, starts over {base.ramp:g}s, each stream {base.stream_seconds:g}s at "
+        f"{', '.join(f'{r:g}' for r in base.rates)} tok/s (ttft {base.ttft:g}s) | {base.repeat} repetition(s) | "
+        f"{info['usable_cores']} cores, load {info['load_average_at_start']}",
         flush=True,
     )
-    reps: list[dict[str, Any]] = []
-    failures: list[str] = []
-    for n in range(cfg.repeat):
-        try:
-            # uvloop for the load generator too: it shares the cores with the server.
-            rep = uvloop.run(repetition(cfg)) if uvloop is not None else asyncio.run(repetition(cfg))
-        except Exception as exc:  # one failed repetition is reported, the others still count
-            traceback.print_exc()
-            failures.append(f"repetition {n + 1}: {type(exc).__name__}: {exc}")
-            continue
-        f = rep["fanout"]
-        print(
-            f"  rep {n + 1}: create {rep['create']['runs_per_s']:.0f} runs/s | first event "
-            f"{rep['first']['first_event_p50_ms']:.1f} ms | fanout added p50 {f['added_p50_ms']:.1f} "
-            f"p99 {f['added_p99_ms']:.1f} ms, {f['events']}/{f['expected_events']} events, "
-            f"{f['errors']} errors, {f['events_per_s']:.0f} events/s, peak RSS {f['peak_rss_mib']:.0f} MiB, "
-            f"CPU server {f['server_cpu_s']:.1f}s client {f['client_cpu_s']:.1f}s in {f['wall_s']:.1f}s",
-            flush=True,
+    results: dict[str, Any] = {}
+    rows: list[tuple[str, Metric | str]] = []
+    for topology in topologies:
+        cfg = replace(base, topology=topology)
+        store = "postgres" if topology == "split" and cfg.pg_url else "sqlite"
+        label = f"embedded ({store})" if topology == "embedded" else f"split ({store}, {relay})"
+        what = (
+            "one `corral serve` process" if topology == "embedded" else "`corral serve --no-worker` + `corral worker`"
         )
-        reps.append(rep)
-
-    def metric(name: str, unit: str, part: str, key: str, **kw: Any) -> Metric:
-        return Metric(name, unit, [float(r[part][key]) for r in reps], **kw)
-
-    c = f"{cfg.clients} clients"
-    metrics = {
-        "runs_created_per_s": metric("runs created /s", "runs/s", "create", "runs_per_s", higher_is_better=True),
-        "create_errors": metric("create errors", "count", "create", "errors"),
-        "first_event_p50_ms": metric("first SSE event p50", "ms", "first", "first_event_p50_ms"),
-        "first_event_p99_ms": metric("first SSE event p99", "ms", "first", "first_event_p99_ms"),
-        "first_token_p50_ms": metric(f"first token p50 (ttft {cfg.ttft:g}s)", "ms", "first", "first_token_p50_ms"),
-        "first_token_p99_ms": metric(f"first token p99 (ttft {cfg.ttft:g}s)", "ms", "first", "first_token_p99_ms"),
-        "added_p50_ms": metric(f"token added latency p50, {c}", "ms", "fanout", "added_p50_ms"),
-        "added_p99_ms": metric(
-            f"token added latency p99, {c}", "ms", "fanout", "added_p99_ms", target=TARGET_ADDED_P99_MS
-        ),
-        "start_p99_ms": metric(f"request to run start p99, {c}", "ms", "fanout", "start_p99_ms"),
-        "events": metric("token events received", "count", "fanout", "events"),
-        "errors": metric("stream errors", "count", "fanout", "errors"),
-        "incomplete": metric("streams missing tokens", "count", "fanout", "incomplete"),
-        "events_per_s": metric("token events /s (wall)", "events/s", "fanout", "events_per_s"),
-        "peak_rss_mib": metric("API peak RSS (+children)", "MiB", "fanout", "peak_rss_mib"),
-        "idle_rss_mib": Metric("API RSS at start", "MiB", [float(r["idle_rss_mib"]) for r in reps]),
-        "server_cpu_s": metric("API CPU during fanout", "s", "fanout", "server_cpu_s"),
-        "client_cpu_s": metric("client CPU during fanout", "s", "fanout", "client_cpu_s"),
-    }
-    notes: list[str] = []
-    if cfg.clients < 1000:
-        notes.append(f"ran {cfg.clients} clients, not 1,000 ({'--quick' if args.quick else '--clients'})")
-    notes.append("added latency = token arrival at the client - the moment the model produced it (same host clock)")
-    notes.extend(failures)
-    rows: list[tuple[str, Metric | str]] = [("server", m) for m in metrics.values()]
-    rows.extend(("server", f"note: {n}") for n in notes)
-    print_table("API server benchmark (one `corral serve` process)", rows)
+        print(f"\n{label}: {what}", flush=True)
+        reps: list[dict[str, Any]] = []
+        failures: list[str] = []
+        for n in range(cfg.repeat):
+            try:
+                # uvloop for the load generator too: it shares the cores with the server.
+                rep = uvloop.run(repetition(cfg)) if uvloop is not None else asyncio.run(repetition(cfg))
+            except Exception as exc:  # one failed repetition is reported, the others still count
+                traceback.print_exc()
+                failures.append(f"repetition {n + 1}: {type(exc).__name__}: {exc}")
+                continue
+            line = [f"  rep {n + 1}: create {rep['create']['runs_per_s']:.0f} runs/s"]
+            for f in rep["fanout"]:
+                line.append(
+                    f"{f['rate']:g} tok/s: steady p50 {f['steady_p50_ms']:.1f} p99 {f['steady_p99_ms']:.1f} ms "
+                    f"({f['steady_events_per_s']:.0f} events/s), ramp p99 {f['added_p99_ms']:.1f} ms, "
+                    f"{f['errors'] + f['incomplete']} errors, API {f['api_cpu_s'] / f['wall_s']:.2f} "
+                    f"worker {f['worker_cpu_s'] / f['wall_s']:.2f} client {f['client_cpu_s'] / f['wall_s']:.2f} cores"
+                )
+            print(" | ".join(line), flush=True)
+            reps.append(rep)
+        metrics = _metrics(cfg, reps) if reps else {}
+        if topology == "embedded":
+            for key in [k for k in metrics if k.startswith("worker_cores@")]:
+                del metrics[key]
+        rows.extend((label, m) for m in metrics.values())
+        rows.extend((label, f"note: {f}") for f in failures)
+        results[label] = {
+            "config": {**asdict(cfg), "pg_url": None, "redis_url": None, "concurrency": 1000, "store": store},
+            "metrics": {k: m.to_json() for k, m in metrics.items()},
+            "repetitions": reps,
+            "failures": failures,
+        }
+    notes = [
+        "added latency = token arrival at the client - the moment the model had it due (one host clock)",
+        "all streaming = tokens due after the last client started and before the first one finished",
+    ]
+    if base.clients < 1000:
+        notes.append(f"ran {base.clients} clients, not 1,000")
+    rows.extend(("", f"note: {n}") for n in notes)
+    print_table("\nAPI server benchmark (one API process)", rows)
     if not args.no_write:
         path = write_results(
             "server",
@@ -504,14 +647,12 @@ def main() -> int:
                 "benchmark": "server",
                 "machine": info,
                 "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-                "config": {**cfg.__dict__, "concurrency": 1000, "store": "sqlite", "quick": args.quick},
-                "metrics": {k: m.to_json() for k, m in metrics.items()},
-                "repetitions": reps,
+                "topologies": results,
                 "notes": notes,
             },
         )
         print(f"\nwrote {path.relative_to(BENCH_DIR.parent)}")
-    return 1 if not reps else 0
+    return 0 if all(r["repetitions"] for r in results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""The app `bench/server.py` serves: one chat Agent on a SimModel with a fixed token schedule.
+"""The app `bench/server.py` serves: chat Agents on SimModels with fixed token schedules.
 
-The reply is `BENCH_TOKENS` words (default 50), streamed `BENCH_TTFT` seconds after the model call
-starts and then one every 1/`BENCH_TOKENS_PER_SECOND` seconds. Each word carries the moment the
-model produced it (`tok7@12345.678901`, `time.monotonic()`, one clock for every process on the
-host), so a client measures exactly what the server added to each token: arrival - production.
-`noop` returns at once. Served as `corral serve server_app:app` with `bench/` on PYTHONPATH.
+`chat-R` streams R tokens a second for `BENCH_STREAM_SECONDS` (one agent per rate in
+`BENCH_RATES`), the first token `BENCH_TTFT` seconds after the model call starts. Each word carries
+the moment a provider would have had it ready (`tok7@12345.678901`: the call's start + ttft + i/R
+on `time.monotonic()`, one clock for every process on the host), so a client measures everything
+the server added to each token: arrival - due. A server too busy to take a token when it is due
+(a real provider's would wait in the socket) adds that wait too; a stamp taken when the server
+finally takes it would hide it. `noop` returns at once. Served as `corral serve server_app:app`
+(or `corral worker server_app:app`) with `bench/` on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -17,20 +20,30 @@ from typing import Any
 from corral import Agent, App, Context, Limits, SimModel, agent
 from corral.models.base import ChatRequest, ChatResponse, Delta
 
-TOKENS = int(os.environ.get("BENCH_TOKENS", "50"))
+RATES = [float(r) for r in os.environ.get("BENCH_RATES", "20").split(",")]
+STREAM_SECONDS = float(os.environ.get("BENCH_STREAM_SECONDS", "2.5"))
 TTFT = float(os.environ.get("BENCH_TTFT", "0.1"))
-TOKENS_PER_SECOND = float(os.environ.get("BENCH_TOKENS_PER_SECOND", "20"))
-REPLY = " ".join(f"tok{i}" for i in range(TOKENS))
+
+
+def rate_name(rate: float) -> str:
+    return f"chat-{rate:g}"
+
+
+def tokens_at(rate: float, seconds: float = STREAM_SECONDS) -> int:
+    """Tokens in one reply at `rate` tokens a second (the first at ttft, the last `seconds` later)."""
+    return max(1, round(rate * seconds) + 1)
 
 
 class StampedSim(SimModel):
-    """The SimModel's stream with each chunk's production time appended to its word."""
+    """The SimModel's stream with each chunk's due time appended to its word."""
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Delta | ChatResponse]:
+        start, i, gap = time.monotonic() + self.ttft, 0, 1.0 / self.tokens_per_second
         async for item in super().stream(request):
             if isinstance(item, Delta):
-                word, space = item.text.rstrip(" "), item.text[len(item.text.rstrip(" ")) :]
-                item = Delta(f"{word}@{time.monotonic():.6f}{space}")
+                word = item.text.rstrip(" ")
+                item = Delta(f"{word}@{start + i * gap:.6f}{item.text[len(word) :]}")
+                i += 1
             yield item
 
 
@@ -40,8 +53,10 @@ async def noop(ctx: Context, input: Any) -> dict[str, Any]:
     return {"messages": []}
 
 
-chat = Agent("chat", "You are a benchmark.", limits=Limits(max_steps=4))
-app = App(
-    [chat, noop],
-    models={"default": StampedSim(replies=[REPLY], ttft=TTFT, tokens_per_second=TOKENS_PER_SECOND)},
-)
+agents: list[Any] = [noop]
+models = {}
+for rate in RATES:
+    reply = " ".join(f"tok{i}" for i in range(tokens_at(rate)))
+    models[rate_name(rate)] = StampedSim(replies=[reply], ttft=TTFT, tokens_per_second=rate)
+    agents.append(Agent(rate_name(rate), "You are a benchmark.", model=rate_name(rate), limits=Limits(max_steps=4)))
+app = App(agents, models=models)
