@@ -72,11 +72,6 @@ class _DbThread:
         conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
-        # Reads through a page cache of up to 32 MiB and a memory map of the file, not a pread()
-        # per page: at a thousand streaming runs, copying pages from the kernel took a tenth of
-        # the process's CPU.
-        conn.execute("PRAGMA cache_size=-32768")
-        conn.execute("PRAGMA mmap_size=268435456")
         return conn
 
     def _main(self) -> None:
