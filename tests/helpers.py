@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import signal
 import socket
 import subprocess
@@ -30,6 +31,21 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def within(seconds: float, aw: Awaitable[Any]) -> Any:
+    """Await `aw`, failing after `seconds` with the stack of every task on the loop, taken
+    before anything is cancelled: a hang reports where each task was waiting."""
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        return task.result()
+    out = io.StringIO()
+    for other in asyncio.all_tasks():
+        other.print_stack(limit=30, file=out)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise AssertionError(f"not done within {seconds}s; the tasks:\n{out.getvalue()}")
 
 
 async def statuses(app: App, run_ids: Iterable[str]) -> list[RunStatus]:

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from corral import Agent, App, Context, SimModel, SimReply, agent, tool
+from corral import Agent, App, Context, Limits, SimModel, SimReply, agent, tool
 
 
 async def append_line(path: str, i: int, delay: float) -> int:
@@ -12,7 +12,7 @@ async def append_line(path: str, i: int, delay: float) -> int:
     return i
 
 
-@agent(name="thirty")
+@agent(name="thirty", limits=Limits(max_steps=100_000))  # some tests need runs longer than the default 500 steps
 async def thirty(ctx: Context, input: dict) -> dict:
     total = 0
     for i in range(input["steps"]):

@@ -136,10 +136,10 @@ async def test_a_worker_frozen_inside_a_transaction_does_not_keep_its_runs_from_
     name = f"frozen_{uuid.uuid4().hex[:8]}"
     admin = await psycopg.AsyncConnection.connect(parse_url(postgres_url).conninfo, autocommit=True)
     async with admin, make_app(postgres_url, [chaos_agents.thirty]) as app:
-        run_ids = [
-            await app.submit("thirty", {"log": str(tmp_path / f"{k}.log"), "steps": 5000, "delay": 0.005})
-            for k in range(4)
-        ]
+        # Short runs: each one's finish is a transaction of several statements (the run, then its
+        # session's values), the window the worker is frozen in.
+        log = str(tmp_path / "steps.log")
+        run_ids = [await app.submit("thirty", {"log": log, "steps": 2, "delay": 0.005}) for _ in range(400)]
         zombie = workers.start(f"{postgres_url}&application_name={name}")
         await workers.wait_ready(zombie)
         for _ in range(3000):  # stop it until it is caught holding a transaction open (not just BEGIN)
@@ -156,12 +156,20 @@ async def test_a_worker_frozen_inside_a_transaction_does_not_keep_its_runs_from_
             await asyncio.sleep(0.01)
         else:
             raise AssertionError("the worker was never caught inside a transaction")
-        held = {rid: (await app.get_run(rid)).attempt for rid in run_ids}
-        workers.start(postgres_url)
-        deadline = time.monotonic() + 30
-        while stuck := [rid for rid in run_ids if (await app.get_run(rid)).attempt == held[rid]]:
-            assert time.monotonic() < deadline, f"never reclaimed from the frozen worker: {stuck}"
+        runs = {rid: await app.get_run(rid) for rid in run_ids}
+        # Caught in a finish, the run is running under the zombie's lease; caught in a claim, the
+        # rows it locked are still queued. Either way every run must finish without the zombie.
+        held = {rid: run.attempt for rid, run in runs.items() if run.status is RunStatus.RUNNING}
+        workers.start(postgres_url)  # the zombie stays frozen: everything left is this worker's to do
+        deadline = time.monotonic() + 60
+        while left := [rid for rid in run_ids if not (await app.get_run(rid)).status.terminal]:
+            assert time.monotonic() < deadline, (
+                f"{len(left)} runs never finished, of them held: {set(left) & set(held)}"
+            )
             await asyncio.sleep(0.1)
+        for rid, attempt in held.items():
+            run = await app.get_run(rid)
+            assert run.status is RunStatus.SUCCEEDED and run.attempt > attempt, (run.status, run.attempt, attempt)
 
 
 AGENT_SOURCE = """

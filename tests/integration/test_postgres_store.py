@@ -28,6 +28,7 @@ from corral.errors import ConfigError, StoreError
 from corral.store.base import Event, Fence, NewRun, StepKind, StepRecord, StepStatus
 from corral.store.postgres import MigrationState, PostgresStore, parse_url
 from corral.store.sql import load_migrations
+from helpers import within
 
 # The schema that replaying every migration must produce: table -> column -> (type, nullable).
 DECLARED = {
@@ -368,6 +369,23 @@ async def test_stale_pooled_connections_are_replaced(postgres_url, admin):
             assert (await store.get_run("r1")).status is RunStatus.QUEUED
 
 
+async def test_connections_on_descriptors_above_1024_are_used(postgres_url, tmp_path):
+    # An API process holding a thousand client sockets opens its later connections on such
+    # descriptors; select() cannot watch them, so the liveness check must not use it.
+    held = [open(tmp_path / "held", "wb") for _ in range(1100)]
+    try:
+        async with PostgresStore(f"{postgres_url}&pool_min_size=1&pool_max_size=1") as store:
+            await store.create_run(new_run("r1"))
+            started = time.monotonic()
+            for _ in range(20):
+                assert (await store.get_run("r1")).status is RunStatus.QUEUED
+            assert time.monotonic() - started < 2.0  # the one connection is reused, not discarded each time
+            assert store._db._pool.get_stats().get("connections_lost", 0) == 0
+    finally:
+        for f in held:
+            f.close()
+
+
 async def terminate(admin: psycopg.AsyncConnection, app_name: str) -> int:
     rows = await (
         await admin.execute(
@@ -458,24 +476,28 @@ async def test_runs_finish_when_every_connection_is_terminated_mid_workload(post
         poll_interval=0.01,
         poll_max=0.2,
     )
-    async with App([twenty], settings=settings) as app:
-        run_ids = [await app.submit("twenty", {}) for _ in range(3)]
-        worker = app.worker(concurrency=3)
-        task = asyncio.create_task(worker.run())
-        killed = 0
-        deadline = time.monotonic() + 60
-        while not all([(await app.get_run(rid)).status.terminal for rid in run_ids]):
-            assert time.monotonic() < deadline, "the runs did not finish"
-            killed += await terminate(admin, app_name)  # every connection of the app, again and again
-            await asyncio.sleep(0.05)
-        worker.stop()
-        await task
-        assert killed >= 10
-        for rid in run_ids:
-            run = await app.get_run(rid)
-            assert run.status is RunStatus.SUCCEEDED and run.output == sum(range(20)), run.error
-            steps = await app.steps(rid)
-            assert len(steps) == 20 and all(s.result_json is not None for s in steps)
+
+    async def workload() -> None:
+        async with App([twenty], settings=settings) as app:
+            run_ids = [await app.submit("twenty", {}) for _ in range(3)]
+            worker = app.worker(concurrency=3)
+            task = asyncio.create_task(worker.run())
+            killed = 0
+            deadline = time.monotonic() + 60
+            while not all([(await app.get_run(rid)).status.terminal for rid in run_ids]):
+                assert time.monotonic() < deadline, "the runs did not finish"
+                killed += await terminate(admin, app_name)  # every connection of the app, again and again
+                await asyncio.sleep(0.05)
+            worker.stop()
+            await task
+            assert killed >= 10
+            for rid in run_ids:
+                run = await app.get_run(rid)
+                assert run.status is RunStatus.SUCCEEDED and run.output == sum(range(20)), run.error
+                steps = await app.steps(rid)
+                assert len(steps) == 20 and all(s.result_json is not None for s in steps)
+
+    await within(120, workload())
     leaked = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], psycopg.Error)]
     assert not leaked, "a psycopg error escaped the store"
     assert not [r for r in caplog.records if "runner failed" in r.getMessage()]

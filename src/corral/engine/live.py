@@ -122,7 +122,8 @@ class LiveEvents:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._queued and self._client is not None:  # what the last runs said, e.g. their `end`
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._send(self._take()), _TIMEOUT)
+                async with asyncio.timeout(_TIMEOUT):
+                    await self._send(self._take())
         if self._relay is not None:
             await self._relay.close()
         if self._client is not None:
@@ -263,7 +264,8 @@ class _Relay:
                         self._pubsub = self.client.pubsub()
                     await self._pubsub.subscribe(channel(run_id))
                     self._start_reader()  # it reads the confirmation
-            await asyncio.wait_for(asyncio.shield(confirmed), _TIMEOUT)
+            async with asyncio.timeout(_TIMEOUT):
+                await asyncio.shield(confirmed)
         except (RedisError, OSError, TimeoutError) as exc:
             self.outage.failed(exc)
             self._start_reader()  # it reconnects

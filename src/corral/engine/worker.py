@@ -8,6 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .._aio import woken
 from ..errors import StoreError
 from ..store.base import Claim
 from .orphans import dead_owners, host_prefix, worker_identity
@@ -111,10 +112,9 @@ class Worker:
                     delay = settings.poll_interval
                     continue
                 self._signal.clear()
-                try:
-                    await asyncio.wait_for(self._signal.wait(), delay)
+                if await woken(self._signal, delay):
                     delay = settings.poll_interval
-                except TimeoutError:
+                else:
                     delay = min(delay * 2, settings.poll_max)
         finally:
             store.unsubscribe(self._on_store)
@@ -154,10 +154,7 @@ class Worker:
         interval = settings.lease_seconds / 3
         next_prune = time.monotonic() + settings.prune_interval / 10  # soon after start, then periodically
         while True:
-            try:
-                await asyncio.wait_for(self._check_now.wait(), interval)
-            except TimeoutError:
-                pass
+            await woken(self._check_now, interval)
             self._check_now.clear()
             if self.only is None:
                 await self._reclaim_orphans()

@@ -20,6 +20,7 @@ from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 
+from .._aio import woken
 from ..errors import ConfigError, StoreError
 from .sql import load_migrations, load_queries
 
@@ -114,9 +115,13 @@ async def alive(conn: Conn) -> bool:
     """
     if conn.closed or conn.broken:
         return False
+    # poll, not select: select() refuses descriptors above 1024, which an API process holding a
+    # thousand client sockets gives its newer connections.
+    poller = select.poll()
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
+        poller.register(conn.fileno(), select.POLLIN)
+        readable = poller.poll(0)
+    except (OSError, ValueError, psycopg.Error):
         return False
     if not readable:
         return True
@@ -194,9 +199,7 @@ class Database:
         self._pool = pool
         listening = asyncio.Event()
         self._listener = asyncio.create_task(self._listen(listening), name="corral-pg-listener")
-        try:
-            await asyncio.wait_for(listening.wait(), self.retry_seconds)
-        except TimeoutError:
+        if not await woken(listening, self.retry_seconds):
             log.warning("not listening for notifications yet; workers poll until the listener connects")
 
     async def close(self) -> None:

@@ -21,7 +21,8 @@ async def serve_metrics(app: App, metrics: Metrics, host: str, port: int) -> asy
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            async with asyncio.timeout(5.0):
+                head = await reader.readuntil(b"\r\n\r\n")
             method, path, _ = head[:_MAX_REQUEST].split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             if method != "GET":
                 status, body, kind = "405 Method Not Allowed", b"only GET\n", "text/plain"

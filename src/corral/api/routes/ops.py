@@ -27,7 +27,8 @@ async def ok() -> dict[str, bool]:
 async def ready(state: State) -> dict[str, Any] | JSONResponse:
     """Readiness: the store answers within 2 seconds."""
     try:
-        await asyncio.wait_for(state.app.store.stats(time.time()), 2.0)
+        async with asyncio.timeout(2.0):
+            await state.app.store.stats(time.time())
     except (StoreError, TimeoutError) as exc:
         return JSONResponse({"ok": False, "detail": f"store unreachable: {exc}"}, status_code=503)
     return {"ok": True}
