@@ -48,20 +48,30 @@ def _contains(value: Any, pattern: Any) -> bool:
 async def write_values(
     conn: Conn, session_id: str, new_values: dict[str, Any], run_id: str | None, metadata: dict[str, Any], now: float
 ) -> None:
-    text = dumps(new_values)
-    await conn.execute(Q["set_session_values"], {"id": session_id, "values": text, "now": now})
-    params = {"session_id": session_id, "run_id": run_id, "values": text, "metadata": dumps(metadata), "now": now}
-    await conn.execute(Q["insert_checkpoint"], params)
-    await conn.execute(Q["trim_checkpoints"], {"session_id": session_id, "keep": CHECKPOINTS_KEPT})
+    params = {
+        "session_id": session_id,
+        "run_id": run_id,
+        "values": dumps(new_values),
+        "metadata": dumps(metadata),
+        "now": now,
+        "keep": CHECKPOINTS_KEPT,
+    }
+    await conn.execute(Q["write_values"], params)
 
 
 async def fold_run(
-    conn: Conn, run_id: str, session_id: str, input_json: str, status: RunStatus, output_json: str | None, now: float
+    conn: Conn,
+    run_id: str,
+    session_id: str,
+    current: dict[str, Any],
+    input_json: str,
+    status: RunStatus,
+    output_json: str | None,
+    now: float,
 ) -> None:
-    """Merge a finished run's input (and output, if it succeeded) into its session's values; the
-    session's row stays locked to the end of the transaction, so no concurrent update is lost."""
-    row = await one(conn, Q["lock_session_values"], {"id": session_id})
-    current = loads(row["values"]) if row else {}
+    """Merge a finished run's input (and output, if it succeeded) into its session's `current`
+    values, read under the session row's lock, which the caller holds to the end of the
+    transaction, so no concurrent update is lost."""
     ok = status is RunStatus.SUCCEEDED
     update = reducer.run_update(loads(input_json), ok, loads(output_json) if ok and output_json else None)
     merged = reducer.merge(current, update)

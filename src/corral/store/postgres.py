@@ -253,7 +253,7 @@ class PostgresStore(SessionsMixin, Store):
             if waiting_for_message:
                 # Under the session's lock no message can arrive between this look and the park.
                 await conn.execute(Q["lock_session"], {"id": row["session_id"]})
-                if await one(conn, Q["next_message"], {"session_id": row["session_id"]}) is not None:
+                if await one(conn, Q["pending_message"], {"session_id": row["session_id"]}) is not None:
                     return False
             parked = await one(
                 conn,
@@ -319,7 +319,10 @@ class PostgresStore(SessionsMixin, Store):
             row = await one(conn, Q["finish"], params)
             if row is None:
                 raise LeaseLost(fence.run_id, fence.attempt)
-            await fold_run(conn, fence.run_id, row["session_id"], row["input"], status, output_json, params["now"])
+            current = loads(row["values"]) if row["values"] else {}
+            await fold_run(
+                conn, fence.run_id, row["session_id"], current, row["input"], status, output_json, params["now"]
+            )
 
         await self._run("finish_run", op, verify=self._verify_status(fence, status))
         self._wake("run")  # the session's next queued run may start
@@ -398,8 +401,9 @@ class PostgresStore(SessionsMixin, Store):
             owner = await one(conn, Q["lock_session"], {"id": session_id})
             if owner is None or (tenant is not None and owner["tenant"] != tenant):
                 raise SessionNotFound(session_id)
-            row = await one(conn, Q["deliver"], {"session_id": session_id, "payload": payload_json, "now": now})
-            await conn.execute(Q["notify"], self._db.note("message"))
+            note = self._db.note("message")
+            params = {"session_id": session_id, "payload": payload_json, "now": now, "channel": note["channel"]}
+            row = await one(conn, Q["deliver"], params | {"payload_note": note["payload"]})
             assert row is not None
             return int(row["id"])
 
@@ -408,24 +412,21 @@ class PostgresStore(SessionsMixin, Store):
         return msg_id
 
     async def consume_message(self, fence: Fence, step: StepRecord, events: list[Event]) -> Message | None:
+        params = _step_params(step) | _event_params(events, step.started_at) | {"fence_attempt": fence.attempt}
+
         async def op(conn: Conn) -> Message | None:
-            row = await one(conn, Q["fence_share"], {"run_id": fence.run_id, "attempt": fence.attempt})
+            row = await one(conn, Q["consume_message"], params)
             if row is None:
                 raise LeaseLost(fence.run_id, fence.attempt)
-            if events:
-                await conn.execute(Q["insert_events"], _event_params(events, step.started_at))
-            msg = await one(conn, Q["next_message"], {"session_id": row["session_id"]})
-            if msg is None:
+            if row["id"] is None:
                 return None
-            await conn.execute(Q["consume_message"], {"id": msg["id"], "run_id": fence.run_id, "seq": step.seq})
-            await conn.execute(Q["upsert_step"], _step_params(step) | {"result": msg["payload"]})
-            return Message(msg["id"], row["session_id"], loads(msg["payload"]), msg["created_at"])
+            return Message(row["id"], row["session_id"], loads(row["payload"]), row["created_at"])
 
         async def verify(conn: Conn) -> Any:
             msg = await one(conn, Q["consumed_message"], {"run_id": fence.run_id, "seq": step.seq})
             return Message(msg["id"], msg["session_id"], loads(msg["payload"]), msg["created_at"]) if msg else MISSING
 
-        return await self._run("consume_message", op, verify=verify)
+        return await self._run("consume_message", op, verify=verify, single_statement=True)
 
     # upkeep --------------------------------------------------------------------------------
     async def prune(self, finished_before: float) -> int:

@@ -137,9 +137,6 @@ UPDATE runs SET lease_expires_at = %(expires)s, time_used = h.time_used
  WHERE runs.id = h.id AND runs.attempt = h.attempt AND runs.status = 'running'
 RETURNING runs.id, runs.cancel_requested;
 
--- name: fence_share
-SELECT session_id FROM runs WHERE id = %(run_id)s AND attempt = %(attempt)s AND status = 'running' FOR SHARE;
-
 -- name: append_events
 -- Events of steps in flight of many runs, each run's written only while its attempt holds it;
 -- with `announce`, a NOTIFY per run tells the watchers in other processes to read them. Returns
@@ -194,15 +191,6 @@ SELECT count(*) AS written,
 -- name: get_step
 SELECT status, attempt FROM steps WHERE run_id = %(run_id)s AND seq = %(seq)s;
 
--- name: upsert_step
-INSERT INTO steps (run_id, seq, kind, name, input_hash, status, result, error, attempt, started_at, finished_at)
-VALUES (%(run_id)s, %(seq)s, %(kind)s, %(name)s, %(input_hash)s, %(status)s, %(result)s, %(error)s::jsonb,
-        %(attempt)s, %(started_at)s, %(finished_at)s)
-ON CONFLICT (run_id, seq) DO UPDATE
-   SET status = excluded.status, result = excluded.result, error = excluded.error,
-       attempt = excluded.attempt, finished_at = excluded.finished_at
- WHERE steps.status = 'pending';
-
 -- name: insert_events
 INSERT INTO events (run_id, id, type, data, created_at)
 SELECT e.run_id, e.id, e.type, e.data, %(now)s
@@ -237,7 +225,9 @@ written AS (
                   %(event_data)b::text[]) AS e (run_id, id, type, data)
      WHERE EXISTS (SELECT 1 FROM done)
 )
-SELECT session_id, input, pg_notify(%(channel)s, %(payload)s) AS notified FROM done;
+SELECT d.session_id, d.input, s."values", pg_notify(%(channel)s, %(payload)s) AS notified
+  FROM done AS d JOIN sessions AS s ON s.id = d.session_id
+   FOR UPDATE OF s;  -- held to the end of the transaction: the run's fold into the values loses no update
 
 -- name: run_for_update
 SELECT * FROM runs WHERE id = %(run_id)s FOR NO KEY UPDATE;
@@ -268,7 +258,9 @@ SELECT * FROM steps WHERE run_id = %(run_id)s ORDER BY started_at, seq;
 SELECT id, type, data FROM events WHERE run_id = %(run_id)s AND id > %(after)s ORDER BY id LIMIT %(limit)s;
 
 -- name: deliver
--- The message and the wake-up of the session's run waiting for one, in one statement.
+-- The message, the wake-up of the session's run waiting for one and the workers' notification,
+-- in one statement (run after lock_session, in a statement of its own: this one's snapshot must
+-- come after the lock, so that it sees a run that parked just before).
 WITH msg AS (
     INSERT INTO inbox (session_id, payload, created_at) VALUES (%(session_id)s, %(payload)s, %(now)s)
     RETURNING id
@@ -277,15 +269,44 @@ woken AS (
     UPDATE runs SET wake_at = %(now)s
      WHERE session_id = %(session_id)s AND status = 'waiting' AND wait_kind = 'message'
 )
-SELECT id FROM msg;
+SELECT id, pg_notify(%(channel)s, %(payload_note)s) AS notified FROM msg;
 
--- name: next_message
-SELECT id, payload, created_at FROM inbox
- WHERE session_id = %(session_id)s AND consumed_by IS NULL
- ORDER BY id LIMIT 1 FOR UPDATE;
+-- name: pending_message
+SELECT id FROM inbox WHERE session_id = %(session_id)s AND consumed_by IS NULL LIMIT 1;
 
 -- name: consume_message
-UPDATE inbox SET consumed_by = %(run_id)s, consumed_seq = %(seq)s WHERE id = %(id)s;
+-- The session's oldest unread message, taken by the waiting step of a run its attempt holds, with
+-- the events since the last write, in one statement. No row: the attempt lost the run; a row
+-- without a message: none has come (the run parks, and parking looks once more under the lock).
+WITH fence AS (
+    SELECT session_id FROM runs WHERE id = %(run_id)s AND attempt = %(fence_attempt)s AND status = 'running' FOR SHARE
+),
+written AS (
+    INSERT INTO events (run_id, id, type, data, created_at)
+    SELECT e.run_id, e.id, e.type, e.data, %(started_at)s
+      FROM unnest(%(event_runs)b::text[], %(event_ids)b::bigint[], %(event_types)b::text[],
+                  %(event_data)b::text[]) AS e (run_id, id, type, data)
+     WHERE EXISTS (SELECT 1 FROM fence)
+),
+msg AS (
+    SELECT i.id, i.payload, i.created_at FROM inbox AS i
+     WHERE i.session_id = (SELECT session_id FROM fence) AND i.consumed_by IS NULL
+     ORDER BY i.id LIMIT 1 FOR UPDATE
+),
+taken AS (
+    UPDATE inbox SET consumed_by = %(run_id)s, consumed_seq = %(seq)s WHERE id = (SELECT id FROM msg)
+),
+step AS (
+    INSERT INTO steps (run_id, seq, kind, name, input_hash, status, result, error, attempt, started_at, finished_at)
+    SELECT %(run_id)s, %(seq)s, %(kind)s, %(name)s, %(input_hash)s, %(status)s, msg.payload, %(error)s::jsonb,
+           %(attempt)s, %(started_at)s, %(finished_at)s
+      FROM msg
+    ON CONFLICT (run_id, seq) DO UPDATE
+       SET status = excluded.status, result = excluded.result, error = excluded.error,
+           attempt = excluded.attempt, finished_at = excluded.finished_at
+     WHERE steps.status = 'pending'
+)
+SELECT f.session_id, m.id, m.payload, m.created_at FROM fence AS f LEFT JOIN msg AS m ON true;
 
 -- name: consumed_message
 SELECT id, session_id, payload, created_at FROM inbox WHERE consumed_by = %(run_id)s AND consumed_seq = %(seq)s;
@@ -317,19 +338,18 @@ SELECT count(*) AS n FROM runs WHERE status = 'waiting' AND wake_at <= %(now)s;
 SELECT (SELECT count(*) FROM runs WHERE tenant = %(tenant)s AND status IN ('queued', 'running')) AS active,
        (SELECT count(*) FROM runs WHERE status = 'queued') AS queued;
 
--- name: lock_session_values
-SELECT "values" FROM sessions WHERE id = %(id)s FOR UPDATE;
-
--- name: set_session_values
-UPDATE sessions SET "values" = %(values)s, updated_at = %(now)s WHERE id = %(id)s;
-
--- name: insert_checkpoint
-INSERT INTO checkpoints (session_id, run_id, "values", metadata, created_at)
-VALUES (%(session_id)s, %(run_id)s, %(values)s, %(metadata)s::jsonb, %(now)s);
-
--- name: trim_checkpoints
+-- name: write_values
+-- A session's new values and their checkpoint, keeping the newest %(keep)s checkpoints, in one
+-- statement. Its parts see the checkpoints as they were before it: the new one is the keep-th.
+WITH updated AS (
+    UPDATE sessions SET "values" = %(values)s, updated_at = %(now)s WHERE id = %(session_id)s
+),
+saved AS (
+    INSERT INTO checkpoints (session_id, run_id, "values", metadata, created_at)
+    VALUES (%(session_id)s, %(run_id)s, %(values)s, %(metadata)s::jsonb, %(now)s)
+)
 DELETE FROM checkpoints WHERE session_id = %(session_id)s AND id <= (
-    SELECT id FROM checkpoints WHERE session_id = %(session_id)s ORDER BY id DESC LIMIT 1 OFFSET %(keep)s);
+    SELECT id FROM checkpoints WHERE session_id = %(session_id)s ORDER BY id DESC LIMIT 1 OFFSET %(keep)s - 1);
 
 -- name: create_session
 INSERT INTO sessions (id, tenant, principal, metadata, created_at, updated_at)
