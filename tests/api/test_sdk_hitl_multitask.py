@@ -84,7 +84,7 @@ async def _wait_thread(client, tid, status):
 
 async def test_multitask_reject_and_enqueue(client, server):
     tid = (await client.threads.create())["thread_id"]
-    first = await client.runs.create(tid, "slow", input={"steps": 6, "delay": 0.05})
+    first = await client.runs.create(tid, "slow", input={"steps": 30, "delay": 0.05})  # still active at the next call
     with pytest.raises(ConflictError):
         await client.runs.create(tid, "slow", input={"steps": 1}, multitask_strategy="reject")
     second = await client.runs.create(tid, "slow", input={"steps": 1, "delay": 0.01}, multitask_strategy="enqueue")

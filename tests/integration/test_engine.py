@@ -8,7 +8,7 @@ import random
 import pytest
 
 from corral import Agent, Context, Limits, RunStatus, SimModel, SimReply, StepError, agent, tool
-from corral.errors import AgentNotFound, NotSerializable, SessionNotFound, UserError
+from corral.errors import AgentNotFound, NotSerializable, SessionNotFound, StoreError, UserError
 from corral.store.base import StepStatus
 from helpers import assert_event_order, eventually, make_app
 
@@ -459,6 +459,47 @@ async def test_drain_releases_the_lease_at_once_and_another_worker_resumes(datab
         result = await app.drive(run_id)
         assert result.ok and result.output == 30
         assert all(calls[f"slow{i}"] == 1 for i in range(30))
+
+
+async def test_a_worker_that_reclaims_its_own_expired_run_keeps_renewing_the_new_attempt(database_url):
+    # An overloaded worker fails to renew for longer than the lease; its own claim then takes the
+    # run again. The new attempt must hold the slot and be renewed, not be dropped from the
+    # worker's books when the fenced-out attempt ends (that looped, an attempt per lease, forever).
+    @agent(name="long_step")
+    async def long_step(ctx: Context, input: None) -> str:
+        await ctx.step("wait", asyncio.sleep, 2.5)
+        return "done"
+
+    async with make_app(database_url, [long_step], lease_seconds=1.0) as app:
+        store = app.store
+        renew = store.renew_leases
+        failing = True
+
+        async def overloaded(*args, **kwargs):
+            if failing:
+                raise StoreError("the pool is exhausted (injected)")
+            return await renew(*args, **kwargs)
+
+        store.renew_leases = overloaded  # the real SQLite store, with renewals failing for a while
+        run_id = await app.submit("long_step")
+        worker = app.worker()
+        task = asyncio.create_task(worker.run())
+        await eventually(lambda: _attempt_at_least(app, run_id, 2), timeout=10)
+        failing = False
+        await eventually(lambda: _terminal(app, run_id), timeout=15)
+        worker.stop()
+        await task
+        run = await app.get_run(run_id)
+        assert run.status is RunStatus.SUCCEEDED and run.output == "done"
+        assert run.attempt == 2, run.attempt
+
+
+async def _attempt_at_least(app, run_id, n) -> bool:
+    return (await app.get_run(run_id)).attempt >= n
+
+
+async def _terminal(app, run_id) -> bool:
+    return (await app.get_run(run_id)).status.terminal
 
 
 async def _slow_add(i: int) -> int:

@@ -125,6 +125,10 @@ class Worker:
     def _start(self, claim: Claim) -> None:
         runner = Runner(self.app, claim)
         rid = claim.run.id
+        if (old := self.active.get(rid)) is not None:
+            # This worker's own earlier attempt, whose lease expired while it was too busy to renew
+            # it (an overload): the claim fenced it out; the new attempt takes its slot.
+            old.stop("lease_lost")
         self.active[rid] = runner
         self.app._runners[rid] = runner
         self._tasks[rid] = asyncio.create_task(self._execute(runner), name=f"corral-runner-{rid}")
@@ -139,8 +143,11 @@ class Worker:
             log.exception("run %s: the runner failed; its lease will expire and another attempt resumes it", rid)
             return None
         finally:
-            self.active.pop(rid, None)
-            self._tasks.pop(rid, None)
+            # Only this attempt's own entries: a later attempt of the run may hold the slot now.
+            if self.active.get(rid) is runner:
+                del self.active[rid]
+            if self._tasks.get(rid) is asyncio.current_task():
+                del self._tasks[rid]
             if self.app._runners.get(rid) is runner:
                 del self.app._runners[rid]
             if outcome is Outcome.FINISHED:
