@@ -47,6 +47,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -323,6 +324,9 @@ def stream_body(rate: float) -> bytes:
     ).encode()
 
 
+STREAM_TIMEOUT = 300.0  # a stream that has not ended by then counts as failed; the run goes on
+
+
 class _StreamClient(asyncio.Protocol):
     """One streamed run read straight off the socket: events are split on the SSE terminator
     (the chunked framing between them is ignored) and only what the benchmark needs is parsed."""
@@ -407,7 +411,12 @@ async def stream_one(
         b"POST /runs/stream HTTP/1.1\r\nhost: %s\r\nx-api-key: %s\r\ncontent-type: application/json\r\n"
         b"content-length: %d\r\n\r\n%s" % (host.encode(), server.key.encode(), len(body), body)
     )
-    await client.done
+    try:
+        async with asyncio.timeout(STREAM_TIMEOUT):
+            await client.done
+    except TimeoutError:
+        res.error = f"no end within {STREAM_TIMEOUT:.0f}s"
+        transport.close()
     return res
 
 
@@ -470,6 +479,7 @@ async def measure_fanout(server: Server, cfg: Config, rate: float, rss: RssSampl
         "events": len(added),
         "expected_events": cfg.clients * expected,
         "errors": errors,
+        "error_kinds": dict(Counter(r.error or "no metadata event" for r in results if r.error or r.t_meta is None)),
         "incomplete": incomplete,
         "peak_rss_mib": peak,
         "wall_s": wall,
@@ -615,7 +625,8 @@ def main() -> int:
                 line.append(
                     f"{f['rate']:g} tok/s: steady p50 {f['steady_p50_ms']:.1f} p99 {f['steady_p99_ms']:.1f} ms "
                     f"({f['steady_events_per_s']:.0f} events/s), ramp p99 {f['added_p99_ms']:.1f} ms, "
-                    f"{f['errors'] + f['incomplete']} errors, API {f['api_cpu_s'] / f['wall_s']:.2f} "
+                    f"{f['errors'] + f['incomplete']} errors {f['error_kinds'] or ''}, "
+                    f"API {f['api_cpu_s'] / f['wall_s']:.2f} "
                     f"worker {f['worker_cpu_s'] / f['wall_s']:.2f} client {f['client_cpu_s'] / f['wall_s']:.2f} cores"
                 )
             print(" | ".join(line), flush=True)
