@@ -145,6 +145,14 @@ def load(name: str) -> Any:
     return getattr(importlib.import_module(module), cls)
 
 
+def without_paths(text: str) -> str:
+    """An error as the results files keep it: no paths of this machine's Python or checkout."""
+    here = str(Path(__file__).resolve().parent.parent)
+    for path, name in ((sys.base_prefix, "<python>"), (sys.prefix, "<venv>"), (here, "<repo>")):
+        text = text.replace(path, name)
+    return text
+
+
 def rss_bytes(pid: int, children: bool = True) -> int:
     import psutil
 
@@ -677,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     result = run_task(s, b, w, cell.sizes or sizes, pg_url)
                 except Exception as exc:
-                    cell.errors.append(f"rep {rep + 1}: {type(exc).__name__}: {str(exc)[-300:]}")
+                    cell.errors.append(f"rep {rep + 1}: {type(exc).__name__}: {without_paths(str(exc))[-300:]}")
                     print(f"  {s}/{b} w{w} rep {rep + 1}: FAILED {type(exc).__name__}: {str(exc)[-800:]}", flush=True)
                     traceback.print_exc(limit=1)
                     continue
