@@ -445,10 +445,15 @@ def settle_heap() -> None:
     the API's routes and schemas) out of the cyclic collector's sight, and collect the young
     generation less often. In a loaded server, full collections of that heap took ~200 ms each,
     several times a minute, and every stream stalled for them; tokens allocate fast enough that
-    the default threshold (700 objects) ran the young generation hundreds of times a second."""
+    the default threshold (700 objects) ran the young generation hundreds of times a second.
+
+    Also hand the GIL between threads every millisecond, not every five: a thread that wants it
+    back (SQLite's, after each statement) waits at most that long while the event loop is busy,
+    and the loop waits at most that long while SQLite's thread encodes a batch of events."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+    sys.setswitchinterval(0.001)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -289,6 +289,40 @@ async def test_list_events_in_order_from_a_position(store):
     assert await store.list_events("r1", after=6) == []
 
 
+async def test_events_keep_any_text_and_shape_exactly(store):
+    await store.create_run(new_run("r1"))
+    await claim(store)
+    tricky = [
+        {"text": 'quote " backslash \\ newline \n tab \t', "seq": "1.2"},
+        {"text": "non-ASCII: é ü 漢字 🙂", "nested": {"list": [1, 2.5, None, True], "empty": {}}},
+        {"big": 2**63 + 1, "neg": -0.125, "e": 1e300},
+        {},
+    ]
+    kinds = ["token", "custom", 'x"y', "end"]
+    batch = [Event("r1", i, kind, data) for i, (kind, data) in enumerate(zip(kinds, tricky, strict=True), 1)]
+    await store.append_events([(Fence("r1", 1), batch[:2])])
+    await store.record_step(Fence("r1", 1), step("r1", "1", 1), batch[2:])
+    assert [(e.id, e.type, e.data) for e in await store.list_events("r1")] == [(e.id, e.type, e.data) for e in batch]
+
+
+async def test_a_renewal_of_many_leases_names_exactly_the_lost_ones(store):
+    ids = [f"r{i}" for i in range(50)]
+    for rid in ids:
+        await store.create_run(new_run(rid, session=f"s-{rid}"))
+    now = time.time()
+    await claim(store, "w1", now=now, limit=50)
+    held = [Fence(rid, 1) for rid in ids] + [Fence("gone", 1)]
+    held[7] = Fence("r7", 2)  # an attempt that is not the current one
+    await store.finish_run(Fence("r9", 1), RunStatus.SUCCEEDED, "null", None, 0.0, [])
+    used = {rid: i / 4 for i, rid in enumerate(ids)}
+    renewal = await store.renew_leases("w1", held, LEASE, now + 20, used)
+    assert renewal.lost == frozenset({"r7", "r9", "gone"})
+    for rid in ("r0", "r13", "r49"):
+        run = await store.get_run(rid)
+        assert run.lease_expires_at == pytest.approx(now + 20 + LEASE) and run.time_used == used[rid]
+    assert (await store.get_run("r7")).lease_expires_at == pytest.approx(now + LEASE)
+
+
 async def test_append_events_writes_the_held_runs_of_a_batch_and_names_the_others(store):
     for rid in ("r1", "r2", "r3"):
         await store.create_run(new_run(rid, session=f"s-{rid}"))

@@ -11,6 +11,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Sequence
+from json.encoder import encode_basestring as _str  # a str as a JSON string, in C
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ _step_params = rows.step_params
 
 def _insert_events(conn: sqlite3.Connection, events: list[Event], now: float) -> None:
     if events:
-        conn.executemany(Q["insert_event"], [(e.run_id, e.id, e.type, dumps(e.data), now) for e in events])
+        rows = ",".join(f"[{_str(e.run_id)},{e.id:d},{_str(e.type)},{_str(dumps(e.data))}]" for e in events)
+        conn.execute(Q["insert_events"], {"events": f"[{rows}]", "now": now})
 
 
 class SQLiteStore(SessionsMixin, Store):
@@ -136,12 +138,15 @@ class SQLiteStore(SessionsMixin, Store):
         def op(conn: sqlite3.Connection) -> list[Claim]:
             query = Q["claim_one"] if run_id is not None else Q["claim_candidates"]
             ids = [r[0] for r in conn.execute(query, params)]
+            if not ids:
+                return []
+            claim = {"ids": dumps(ids), "owner": owner, "expires": now + lease_seconds, "now": now}
+            order = {rid: i for i, rid in enumerate(ids)}
+            rows = sorted(conn.execute(Q["claim"], claim).fetchall(), key=lambda row: order[row["id"]])
             claims = []
-            for rid in ids:
-                row = conn.execute(
-                    Q["claim"], {"id": rid, "owner": owner, "expires": now + lease_seconds, "now": now}
-                ).fetchone()
+            for row in rows:
                 run = _run_record(row)
+                rid = run.id
                 if run.attempt > 1:
                     steps = {s.seq: s for s in map(_step_record, conn.execute(Q["journal"], {"run_id": rid}))}
                     last = conn.execute(Q["last_event_id"], {"run_id": rid}).fetchone()[0]
@@ -166,20 +171,11 @@ class SQLiteStore(SessionsMixin, Store):
     async def renew_leases(
         self, owner: str, held: list[Fence], lease_seconds: float, now: float, time_used: dict[str, float]
     ) -> Renewal:
+        rows = dumps([[f.run_id, f.attempt, time_used.get(f.run_id, 0.0)] for f in held])
+
         def op(conn: sqlite3.Connection) -> Renewal:
-            lost = set()
-            for f in held:
-                cur = conn.execute(
-                    Q["renew"],
-                    {
-                        "run_id": f.run_id,
-                        "attempt": f.attempt,
-                        "expires": now + lease_seconds,
-                        "time_used": time_used.get(f.run_id, 0.0),
-                    },
-                )
-                if cur.rowcount == 0:
-                    lost.add(f.run_id)
+            kept = {r[0] for r in conn.execute(Q["renew"], {"held": rows, "expires": now + lease_seconds})}
+            lost = {f.run_id for f in held} - kept
             cancels = {r[0] for r in conn.execute(Q["cancel_flags"], {"owner": owner})}
             return Renewal(lost=frozenset(lost), cancel_requested=frozenset(cancels - lost))
 

@@ -43,10 +43,11 @@ SELECT id FROM runs AS r
         OR (status = 'running' AND lease_expires_at < :now));
 
 -- name: claim
+-- The runs named in a JSON array; one statement for all (see insert_events).
 UPDATE runs
    SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
        attempt = attempt + 1, started_at = COALESCE(started_at, :now), wake_at = NULL, wait_kind = NULL
- WHERE id = :id
+ WHERE id IN (SELECT value FROM json_each(:ids))
 RETURNING *;
 
 -- name: journal
@@ -56,8 +57,12 @@ SELECT * FROM steps WHERE run_id = :run_id ORDER BY started_at, seq;
 SELECT COALESCE(MAX(id), 0) FROM events WHERE run_id = :run_id;
 
 -- name: renew
-UPDATE runs SET lease_expires_at = :expires, time_used = :time_used
- WHERE id = :run_id AND attempt = :attempt AND status = 'running';
+-- :held is a JSON array of [run_id, attempt, time_used]; returns the ids still held.
+UPDATE runs SET lease_expires_at = :expires, time_used = json_extract(h.value, '$[2]')
+  FROM json_each(:held) AS h
+ WHERE runs.id = json_extract(h.value, '$[0]') AND runs.attempt = json_extract(h.value, '$[1]')
+   AND runs.status = 'running'
+RETURNING runs.id;
 
 -- name: lease_owners
 SELECT DISTINCT lease_owner FROM runs
@@ -86,8 +91,14 @@ ON CONFLICT (run_id, seq) DO UPDATE
        attempt = excluded.attempt, finished_at = excluded.finished_at
  WHERE steps.status = 'pending';
 
--- name: insert_event
-INSERT INTO events (run_id, id, type, data, created_at) VALUES (?, ?, ?, ?, ?);
+-- name: insert_events
+-- :events is a JSON array of [run_id, id, type, data] with data a string (the event's JSON text).
+-- One statement, not one per event: the DB thread drops and retakes the GIL around every
+-- statement, and while the event loop is busy each retake can wait a whole switch interval.
+INSERT INTO events (run_id, id, type, data, created_at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+       json_extract(value, '$[3]'), :now
+  FROM json_each(:events);
 
 -- name: park
 UPDATE runs
