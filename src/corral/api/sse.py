@@ -196,24 +196,40 @@ async def run_events(
     and custom events are written to it the moment they are published (see RunWatch), the rest
     is yielded."""
     metrics = state.metrics
+    sent = 0  # SSE events written and not yet counted: the metric takes a lock per call
+
+    def count() -> None:
+        nonlocal sent
+        if sent:
+            metrics.sse_events.inc(sent)
+            sent = 0
 
     def out(event_id: int, parts: list[tuple[str, Any]], first: int = 0) -> bytes:
         """The SSE text of one Corral event's parts, those with ids past `skip_to`."""
+        nonlocal sent
         texts = []
         for position, part in enumerate(parts, first):
             if (number := sse_id(event_id, position)) > skip_to:
                 texts.append(_text(part[0], part[1], number))
-        metrics.sse_events.inc(len(texts))
+        sent += len(texts)
         return "".join(texts).encode()
 
     last = after
 
     def direct(event: Event) -> bool:
-        nonlocal last
+        """A token or custom event, written at once (the path of every streamed token)."""
+        nonlocal last, sent
         parts = mapper.map_now(event)
         if parts is None or writer is None:
             return False
-        if (chunk := out(event.id, parts[:PRELUDE])) and not writer.write_now(chunk):
+        if len(parts) == 1 and (number := sse_id(event.id, 0)) > skip_to:  # one part: the usual case
+            kind, data = parts[0]
+            if not writer.write_now(_text(kind, data, number).encode()):
+                return False
+            sent += 1
+            if sent >= 256:
+                count()
+        elif (chunk := out(event.id, parts[:PRELUDE])) and not writer.write_now(chunk):
             return False
         last = event.id
         return True
@@ -222,6 +238,7 @@ async def run_events(
         yield chunk
     try:
         async for item in follow(state.app, mapper.run.id, after, state.heartbeat, direct if writer else None):
+            count()
             if item is None:
                 yield HEARTBEAT
             elif isinstance(item, Parked):
@@ -234,6 +251,8 @@ async def run_events(
                     yield chunk
     except StoreError as exc:  # the store failed mid-stream: say so, the client may reconnect
         yield encode("error", {"error": type(exc).__name__, "message": str(exc)})
+    finally:
+        count()
 
 
 async def json_with_heartbeats(state: ApiState, result: Awaitable[Any]) -> AsyncIterator[bytes]:
