@@ -313,15 +313,17 @@ class StreamResult:
     error: str | None = None
 
 
-def stream_body(rate: float) -> bytes:
-    """POST /runs/stream's body for the agent that streams `rate` tokens a second."""
-    return json.dumps(
-        {
-            "assistant_id": rate_name(rate),
-            "input": {"messages": [{"role": "user", "content": "go"}]},
-            "stream_mode": ["messages-tuple"],
-        }
-    ).encode()
+def stream_body(rate: float, *, cancel_on_disconnect: bool = False) -> bytes:
+    """POST /runs/stream's body for the agent that streams `rate` tokens a second; with
+    `cancel_on_disconnect`, the run ends when the client goes (it takes no slot afterwards)."""
+    body: dict[str, Any] = {
+        "assistant_id": rate_name(rate),
+        "input": {"messages": [{"role": "user", "content": "go"}]},
+        "stream_mode": ["messages-tuple"],
+    }
+    if cancel_on_disconnect:
+        body["on_disconnect"] = "cancel"
+    return json.dumps(body).encode()
 
 
 STREAM_TIMEOUT = 300.0  # a stream that has not ended by then counts as failed; the run goes on
@@ -422,7 +424,9 @@ async def stream_one(
 
 async def measure_first_event(server: Server, cfg: Config) -> dict[str, Any]:
     first, token = [], []
-    body = stream_body(cfg.rates[0])
+    # Each sample hangs up at its first token: its run is cancelled, so it neither streams on into
+    # the fan-out nor holds one of the worker's slots there.
+    body = stream_body(cfg.rates[0], cancel_on_disconnect=True)
     for _ in range(cfg.first_event_samples):
         res = await stream_one(server, body, first_token_only=True)
         if res.error or res.t_first_event is None or not res.tokens:
