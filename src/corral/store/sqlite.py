@@ -15,6 +15,8 @@ from json.encoder import encode_basestring as _str  # a str as a JSON string, in
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .._json import dumps, loads
 from ..errors import LeaseLost, RunNotFound, SessionNotFound, StoreError
 from . import _rows as rows
@@ -50,8 +52,21 @@ _step_params = rows.step_params
 
 def _insert_events(conn: sqlite3.Connection, events: list[Event], now: float) -> None:
     if events:
-        rows = ",".join(f"[{_str(e.run_id)},{e.id:d},{_str(e.type)},{_str(dumps(e.data))}]" for e in events)
-        conn.execute(Q["insert_events"], {"events": f"[{rows}]", "now": now})
+        conn.execute(Q["insert_events"], {"events": _events_json(events), "now": now})
+
+
+def _events_json(events: list[Event]) -> str:
+    """The events as one JSON array of [run_id, id, type, data], for insert_events.
+
+    Encoded by orjson in one call (a ninth of the json module's time, and this thread holds the
+    GIL while it encodes); a batch orjson refuses (an int over 64 bits, a key that is not a
+    string) goes through `dumps`, which also says what is not JSON. Every event's data has been
+    through `dumps` once already (ctx.emit checks it), so orjson never meets a NaN here."""
+    try:
+        return orjson.dumps([(e.run_id, e.id, e.type, e.data) for e in events]).decode()  # text, not a BLOB
+    except TypeError:
+        rows = ",".join(f"[{_str(e.run_id)},{e.id:d},{_str(e.type)},{dumps(e.data)}]" for e in events)
+        return f"[{rows}]"
 
 
 class SQLiteStore(SessionsMixin, Store):

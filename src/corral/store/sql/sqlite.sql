@@ -92,7 +92,7 @@ ON CONFLICT (run_id, seq) DO UPDATE
  WHERE steps.status = 'pending';
 
 -- name: insert_events
--- :events is a JSON array of [run_id, id, type, data] with data a string (the event's JSON text).
+-- :events is a JSON array of [run_id, id, type, data]; data, an object, is stored as its JSON text.
 -- One statement, not one per event: the DB thread drops and retakes the GIL around every
 -- statement, and while the event loop is busy each retake can wait a whole switch interval.
 INSERT INTO events (run_id, id, type, data, created_at)
