@@ -65,8 +65,8 @@ def _events_json(events: list[Event]) -> str:
     try:
         return orjson.dumps([(e.run_id, e.id, e.type, e.data) for e in events]).decode()  # text, not a BLOB
     except TypeError:
-        rows = ",".join(f"[{_str(e.run_id)},{e.id:d},{_str(e.type)},{dumps(e.data)}]" for e in events)
-        return f"[{rows}]"
+        items = ",".join(f"[{_str(e.run_id)},{e.id:d},{_str(e.type)},{dumps(e.data)}]" for e in events)
+        return f"[{items}]"
 
 
 class SQLiteStore(SessionsMixin, Store):
@@ -157,9 +157,9 @@ class SQLiteStore(SessionsMixin, Store):
                 return []
             claim = {"ids": dumps(ids), "owner": owner, "expires": now + lease_seconds, "now": now}
             order = {rid: i for i, rid in enumerate(ids)}
-            rows = sorted(conn.execute(Q["claim"], claim).fetchall(), key=lambda row: order[row["id"]])
+            claimed = sorted(conn.execute(Q["claim"], claim).fetchall(), key=lambda row: order[row["id"]])
             claims = []
-            for row in rows:
+            for row in claimed:
                 run = _run_record(row)
                 rid = run.id
                 if run.attempt > 1:
@@ -186,10 +186,10 @@ class SQLiteStore(SessionsMixin, Store):
     async def renew_leases(
         self, owner: str, held: list[Fence], lease_seconds: float, now: float, time_used: dict[str, float]
     ) -> Renewal:
-        rows = dumps([[f.run_id, f.attempt, time_used.get(f.run_id, 0.0)] for f in held])
+        held_json = dumps([[f.run_id, f.attempt, time_used.get(f.run_id, 0.0)] for f in held])
 
         def op(conn: sqlite3.Connection) -> Renewal:
-            kept = {r[0] for r in conn.execute(Q["renew"], {"held": rows, "expires": now + lease_seconds})}
+            kept = {r[0] for r in conn.execute(Q["renew"], {"held": held_json, "expires": now + lease_seconds})}
             lost = {f.run_id for f in held} - kept
             cancels = {r[0] for r in conn.execute(Q["cancel_flags"], {"owner": owner})}
             return Renewal(lost=frozenset(lost), cancel_requested=frozenset(cancels - lost))
