@@ -218,19 +218,14 @@ async def run_events(
 
     def direct(event: Event) -> bool:
         """A token or custom event, written at once (the path of every streamed token)."""
-        nonlocal last, sent
+        nonlocal last
         parts = mapper.map_now(event)
         if parts is None or writer is None:
             return False
-        if len(parts) == 1 and (number := sse_id(event.id, 0)) > skip_to:  # one part: the usual case
-            kind, data = parts[0]
-            if not writer.write_now(_text(kind, data, number).encode()):
-                return False
-            sent += 1
-            if sent >= 256:
-                count()
-        elif (chunk := out(event.id, parts[:PRELUDE])) and not writer.write_now(chunk):
+        if (chunk := out(event.id, parts[:PRELUDE])) and not writer.write_now(chunk):
             return False
+        if sent >= 256:
+            count()
         last = event.id
         return True
 
