@@ -390,6 +390,11 @@ async def test_list_runs_filters_newest_first(store):
     assert [r.id for r in await store.list_runs(tenant="other")] == ["r3"]
     assert [r.id for r in await store.list_runs(status=RunStatus.RUNNING)] == ["r3"]
     assert [r.id for r in await store.list_runs(session_id="s1", status=RunStatus.QUEUED, limit=1)] == ["r2"]
+    # several statuses are read in one statement: a run claimed meanwhile is in one of them
+    both = (RunStatus.QUEUED, RunStatus.RUNNING)
+    assert [r.id for r in await store.list_runs(status=both)] == ["r3", "r2", "r1"]
+    assert [r.id for r in await store.list_runs(status=[RunStatus.WAITING, RunStatus.RUNNING])] == ["r3"]
+    assert await store.list_runs(status=()) == []
 
 
 async def test_writes_tell_this_process_s_listeners(store):

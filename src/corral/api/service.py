@@ -57,10 +57,8 @@ def _unsupported(body: RunCreate) -> None:
 
 
 async def active_runs(state: ApiState, thread_id: str, tenant: str) -> list[RunRecord]:
-    runs: list[RunRecord] = []
-    for status in _ACTIVE:
-        runs += await state.app.store.list_runs(session_id=thread_id, status=status, tenant=tenant, limit=1000)
-    return runs
+    # one read for all three: a run claimed between two reads (queued, then running) would be missed
+    return await state.app.store.list_runs(session_id=thread_id, status=_ACTIVE, tenant=tenant, limit=1000)
 
 
 async def _admit(state: ApiState, caller: Caller) -> None:

@@ -8,7 +8,7 @@ A Store is the one source of truth. Every write that belongs to a run attempt ca
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -326,19 +326,19 @@ class Store(abc.ABC):
         self,
         *,
         session_id: str | None = None,
-        status: RunStatus | None = None,
+        status: RunStatus | Collection[RunStatus] | None = None,
         tenant: str | None = None,
         limit: int = 100,
-    ) -> list[RunRecord]: ...
+    ) -> list[RunRecord]:
+        """Runs, newest first. `status` may name several statuses: they are read in one statement,
+        so a run moving between two of them (queued to running) is never missed."""
 
     async def admission_counts(self, tenant: str) -> tuple[int, int]:
         """What admission control weighs before it queues a run, read at once: how many of the
         tenant's runs are queued or running, and how many runs of all tenants are queued.
 
         This portable version lists them; backends override it with one COUNT query."""
-        active = 0
-        for status in (RunStatus.QUEUED, RunStatus.RUNNING):
-            active += len(await self.list_runs(status=status, tenant=tenant, limit=1_000_000))
+        active = len(await self.list_runs(status=(RunStatus.QUEUED, RunStatus.RUNNING), tenant=tenant, limit=1_000_000))
         return active, len(await self.list_runs(status=RunStatus.QUEUED, limit=1_000_000))
 
     @abc.abstractmethod
@@ -366,3 +366,10 @@ class Store(abc.ABC):
     async def stats(self, now: float) -> dict[str, float]:
         """Counts for the scaling signal and metrics: queued, running, waiting, due (parked runs
         whose timer fired or message arrived), and oldest_queued_age_seconds."""
+
+
+def status_names(status: RunStatus | Collection[RunStatus] | None) -> list[str] | None:
+    """The statuses a `list_runs(status=...)` asks for, as their names; None asks for all."""
+    if status is None:
+        return None
+    return [str(status)] if isinstance(status, str) else [str(s) for s in status]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from psycopg import sql
@@ -34,6 +34,7 @@ from .base import (
     RunStatus,
     StepRecord,
     Store,
+    status_names,
 )
 
 __all__ = ["Migration", "MigrationState", "PgOptions", "PostgresStore", "parse_url"]
@@ -367,15 +368,19 @@ class PostgresStore(SessionsMixin, Store):
         self,
         *,
         session_id: str | None = None,
-        status: RunStatus | None = None,
+        status: RunStatus | Collection[RunStatus] | None = None,
         tenant: str | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
         clauses, params = [], {"limit": limit}
-        for column, value in (("session_id", session_id), ("status", status), ("tenant", tenant)):
+        for column, value in (("session_id", session_id), ("tenant", tenant)):
             if value is not None:
                 clauses.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column)))
                 params[column] = str(value)
+        names = status_names(status)
+        if names is not None:
+            clauses.append(sql.SQL("status = ANY({})").format(sql.Placeholder("status")))
+            params["status"] = names
         where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
         query = sql.SQL(Q["list_runs"]).format(where=where)  # type: ignore[arg-type]
         rows = await self._run("list_runs", lambda c: fetch_all(c, query, params), write=False)

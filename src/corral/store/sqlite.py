@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from json.encoder import encode_basestring as _str  # a str as a JSON string, in C
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from .base import (
     RunStatus,
     StepRecord,
     Store,
+    status_names,
 )
 from .sql import load_migrations, load_queries
 
@@ -324,15 +325,19 @@ class SQLiteStore(SessionsMixin, Store):
         self,
         *,
         session_id: str | None = None,
-        status: RunStatus | None = None,
+        status: RunStatus | Collection[RunStatus] | None = None,
         tenant: str | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
         clauses, params = [], {"limit": limit}
-        for column, value in (("session_id", session_id), ("status", status), ("tenant", tenant)):
+        for column, value in (("session_id", session_id), ("tenant", tenant)):
             if value is not None:
                 clauses.append(f"{column} = :{column}")
                 params[column] = str(value)
+        names = status_names(status)
+        if names is not None:
+            clauses.append("status IN (SELECT value FROM json_each(:status))")
+            params["status"] = dumps(names)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM runs {where} ORDER BY seq DESC LIMIT :limit"
         return await self._call(lambda conn: [_run_record(r) for r in conn.execute(sql, params)], write=False)
