@@ -2,7 +2,7 @@
 latency of token events with many concurrent streaming clients on one API process.
 
     python bench/server.py [--clients 1000] [--rates 5,10,20] [--topology embedded,split]
-                           [--repeat N] [--quick] [--no-write]
+                           [--repeat N] [--quick] [--no-write] [--env CORRAL_X=V ...]
 
 Each repetition starts, on 127.0.0.1 with SQLite in a temporary directory, either ONE `corral serve`
 process that also executes the runs (`embedded`, CORRAL_CONCURRENCY=1000), or a `corral serve
@@ -81,6 +81,7 @@ class Config:
     create_seconds: float
     create_clients: int
     first_event_samples: int
+    server_env: dict[str, str] = field(default_factory=dict)  # --env: settings for the server processes
 
 
 # --- the server processes -------------------------------------------------------------------------
@@ -191,6 +192,7 @@ def serve(cfg: Config) -> Iterator[Server]:
         }
         if cfg.topology == "split" and cfg.relay == "redis":
             env["CORRAL_REDIS_URL"] = cfg.redis_url or ""
+        env.update(cfg.server_env)
         key = subprocess.run(
             _corral("keys", "create", "--tenant", "bench", "--principal", "bench"),
             env=env,
@@ -574,12 +576,18 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=None, help="repetitions (default 3; --quick 1)")
     parser.add_argument("--quick", action="store_true", help="100 clients at 20 tok/s for 5 s, 1 repetition")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="CORRAL_X=V", help="a server setting (repeatable)"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/server.json")
     args = parser.parse_args()
     relay = args.relay or ("redis" if args.redis_url else "store")
     if relay == "redis" and not args.redis_url:
         parser.error("--relay redis needs --redis-url (or CORRAL_TEST_REDIS_URL)")
     topologies = [t.strip() for t in args.topology.split(",") if t.strip()]
+    server_env = dict(item.partition("=")[::2] for item in args.env)
+    if any(not k.startswith("CORRAL_") for k in server_env):
+        parser.error("--env takes CORRAL_NAME=VALUE")
     if not topologies or set(topologies) - {"embedded", "split"}:
         parser.error("--topology takes embedded, split or both")
     base = Config(
@@ -596,6 +604,7 @@ def main() -> int:
         create_seconds=3.0 if args.quick else 5.0,
         create_clients=4,
         first_event_samples=20 if args.quick else 50,
+        server_env=server_env,
     )
     info = machine_info()
     print(

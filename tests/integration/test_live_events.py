@@ -341,3 +341,28 @@ async def test_streaming_runs_share_one_flush_write_per_tick(database_url: str) 
 
 async def _all_flushed_some(app: App, ids: list[str]) -> bool:
     return all([await _tokens_in_store(app, run_id) >= 2 for run_id in ids])
+
+
+async def test_waiting_elsewhere_is_not_woken_by_every_announced_flush(postgres_url: str) -> None:
+    """PostgreSQL announces each flush of a step's tokens to every process; a process that only
+    waits for the run's end reads the run when it changed, not at every flush (a thousand
+    streams would cost a thousand reads per flush tick)."""
+    async with _streaming_run(postgres_url, event_flush_seconds=0.05) as (_, _, run_id):
+        async with make_app(postgres_url, [chat], poll_max=5.0) as elsewhere:  # no poll while it streams
+            pokes: list[bool] = []
+            elsewhere.store.subscribe_events(lambda rid, changed: pokes.append(changed))
+            reads = 0
+            get_run = elsewhere.store.get_run
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                nonlocal reads
+                reads += 1
+                return await get_run(*args, **kwargs)
+
+            elsewhere.store.get_run = counted  # type: ignore[method-assign]
+            result = await elsewhere.wait(run_id, timeout=30)
+    assert result.ok and result.output is not None
+    flushes = pokes.count(False)
+    assert flushes >= 10  # the flushes were announced here (the stream lasts ~2 s, a flush every 25 ms)
+    assert True in pokes  # and so was the end
+    assert reads <= 3  # the first read and the end's (one spare): not one per flush

@@ -101,10 +101,13 @@ class EventBus:
                 if end or not sub.ends_only:
                     sub.put(event)
 
-    def poke(self, run_id: str) -> None:
-        """Tell watchers of `run_id` to look in the store (the run changed elsewhere)."""
+    def poke(self, run_id: str, changed: bool = True) -> None:
+        """Tell watchers of `run_id` to look in the store: the run changed elsewhere, or with
+        `changed` False, only its events did; then watchers of its `end` alone are not told (each
+        of a thousand `App.wait`s would read the run at every flush of its tokens)."""
         for sub in self._subs.get(run_id, ()):
-            sub.put(None)
+            if changed or not sub.ends_only:
+                sub.put(None)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._subs.values())

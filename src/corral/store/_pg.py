@@ -150,8 +150,9 @@ class Database:
     """The pool, the listener and the retry boundary of one PostgresStore.
 
     `wake(topic)` is called when another process sent a notification, and for every topic after
-    the listener reconnects (whatever was sent meanwhile is lost); `events(run_id)` when another
-    process's notification names a run whose events it wrote.
+    the listener reconnects (whatever was sent meanwhile is lost); `events(run_id, changed)` when
+    another process's notification names a run whose events it wrote (`changed`: a topic other
+    than "events", so its status may have changed too).
     """
 
     def __init__(
@@ -159,7 +160,7 @@ class Database:
         options: PgOptions,
         retry_seconds: float,
         wake: Callable[[str], None],
-        events: Callable[[str], None],
+        events: Callable[[str, bool], None],
     ) -> None:
         self.options = options
         self.schema = options.schema
@@ -330,7 +331,7 @@ class Database:
         if topic in TOPICS:
             self._wake(topic)
         if run_id:
-            self._events(run_id)
+            self._events(run_id, topic != "events")
 
     # migrations ----------------------------------------------------------------------------
     async def upgrade(self) -> list[int]:

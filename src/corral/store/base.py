@@ -202,7 +202,7 @@ class Store(abc.ABC):
 
     def __init__(self) -> None:
         self._listeners: list[Callable[[str], None]] = []
-        self._event_listeners: list[Callable[[str], None]] = []
+        self._event_listeners: list[Callable[[str, bool], None]] = []
 
     def subscribe(self, listener: Callable[[str], None]) -> None:
         """Call `listener(topic)` when work may have become available ("run", "message", "cancel").
@@ -220,14 +220,16 @@ class Store(abc.ABC):
         for listener in self._listeners:
             listener(topic)
 
-    def subscribe_events(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(run_id)` when another process wrote events of the run and announced them
-        (PostgreSQL's NOTIFY, when `announces_events`); otherwise watchers find them by polling."""
+    def subscribe_events(self, listener: Callable[[str, bool], None]) -> None:
+        """Call `listener(run_id, changed)` when another process wrote events of the run and
+        announced them (PostgreSQL's NOTIFY, when `announces_events`); `changed` when it may also
+        have changed the run's status (ended, released, cancelled), not only added events of a step
+        in flight. Otherwise watchers find them by polling."""
         self._event_listeners.append(listener)
 
-    def _events_written(self, run_id: str) -> None:
+    def _events_written(self, run_id: str, changed: bool) -> None:
         for listener in self._event_listeners:
-            listener(run_id)
+            listener(run_id, changed)
 
     # lifecycle -----------------------------------------------------------------------------
     @abc.abstractmethod
