@@ -28,6 +28,7 @@ from .store.base import Event, NewRun, RunRecord, RunStatus, StepRecord, Store
 from .tools import Tool
 
 _LOCAL_WAIT = 30.0  # App.wait's look at the store while a runner here has the run: a safety net only
+_ANNOUNCED_WAIT = 10.0  # ... at most this long between looks when the store announces the run's end
 
 
 class _State(Enum):
@@ -285,11 +286,17 @@ class App:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         sub = self.bus.subscribe(run_id, ends_only=True)
+        # A store that announces changes (PostgreSQL's NOTIFY) pokes when a run elsewhere ends:
+        # its reads are a safety net that backs off, so a thousand waits are not a thousand reads
+        # a second. Otherwise a run elsewhere is seen ending only by reading it, every poll_max.
+        remote_wait = self.settings.poll_max
         try:
             while not (run := await self.store.get_run(run_id)).status.terminal:
                 # A runner of this process publishes the `end`, and the worker pokes when the
                 # runner leaves without one (parked, released, abandoned): no need to poll.
-                wait = _LOCAL_WAIT if run_id in self._runners else self.settings.poll_max
+                wait = _LOCAL_WAIT if run_id in self._runners else remote_wait
+                if self.store.announces_events:
+                    remote_wait = min(remote_wait * 2, max(self.settings.poll_max, _ANNOUNCED_WAIT))
                 if deadline is not None:
                     if (left := deadline - loop.time()) <= 0:
                         raise TimeoutError(f"run {run_id} did not end within {timeout}s")
