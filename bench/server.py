@@ -28,7 +28,7 @@ Streams are read by a minimal asyncio HTTP/1.1 client (see `_StreamClient`) so t
 generator, on the same cores, takes as little CPU from the server as it can; its CPU time is
 reported beside the figures. The server's access log goes to a file in the temporary directory.
 Results are the median, min and max over repetitions, printed as a table and written to
-bench/results/server.json.
+bench/results/server.json (a topology run replaces its own entry there and keeps the others).
 """
 
 from __future__ import annotations
@@ -665,15 +665,15 @@ def main() -> int:
     rows.extend(("", f"note: {n}") for n in notes)
     print_table("\nAPI server benchmark (one API process)", rows)
     if not args.no_write:
+        # Topologies not run this time keep their last results; each says when and where it ran.
+        for entry in results.values():
+            entry["machine"] = info
+            entry["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        previous = BENCH_DIR / "results" / "server.json"
+        kept = json.loads(previous.read_text()).get("topologies", {}) if previous.exists() else {}
         path = write_results(
             "server",
-            {
-                "benchmark": "server",
-                "machine": info,
-                "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-                "topologies": results,
-                "notes": notes,
-            },
+            {"benchmark": "server", "topologies": {**kept, **results}, "notes": notes},
         )
         print(f"\nwrote {path.relative_to(BENCH_DIR.parent)}")
     return 0 if all(r["repetitions"] for r in results.values()) else 1
