@@ -121,20 +121,11 @@ class App:
                         await self._store.close()
                         raise
                     self._live = live
-                self._store.subscribe_events(self._heard_of)
+                self._store.subscribe_events(self.bus.poke)  # another process wrote a run's events
                 if self.settings.event_flush_seconds:
                     self._flusher = EventFlusher(self._store, self.settings.event_flush_seconds)
                 self._state = _State.OPEN
         return self
-
-    def _heard_of(self, run_id: str, changed: bool, events: list[Event]) -> None:
-        """Another process wrote events of `run_id` and said so: the events it sent go to the
-        run's watchers here as if published here (they check the order, and read the store at a
-        gap); without them, or when the run may have changed, the watchers are sent to the store."""
-        if events:
-            self.bus.relay(events)
-        if changed or not events:
-            self.bus.poke(run_id, changed)
 
     async def close(self) -> None:
         if self._state is _State.OPEN and self._store is not None:

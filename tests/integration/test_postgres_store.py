@@ -431,36 +431,6 @@ async def test_notifications_wake_listeners_in_other_processes_in_milliseconds(p
         await eventually(lambda: heard == ["run"])
 
 
-async def test_announced_events_ride_on_the_notification_when_they_fit(postgres_url):
-    async with PostgresStore(postgres_url) as a, PostgresStore(postgres_url) as b:
-        heard: list[tuple[str, bool, list[Event]]] = []
-        a.subscribe_events(lambda run_id, changed, events: heard.append((run_id, changed, events)))
-        for rid in ("r1", "r2", "r3"):
-            await b.create_run(new_run(rid))
-        claims = await b.claim_runs("w", 3, ["a"], 30, time.time())
-        fences = {c.run.id: Fence(c.run.id, c.run.attempt) for c in claims}
-        small = [Event("r1", 1, "token", {"seq": "1", "text": "héllo ✓"}), Event("r1", 2, "custom", {"n": 2**40})]
-        big = [Event("r2", 1, "token", {"seq": "1", "text": "é" * 5000})]  # 10,000 bytes: over a notification
-        stale = [Event("r3", 1, "token", {"seq": "1", "text": "zombie"})]
-        lost = await b.append_events(
-            [(fences["r1"], small), (fences["r2"], big), (Fence("r3", fences["r3"].attempt + 1), stale)]
-        )
-        assert lost == {"r3"}
-        await eventually(lambda: len(heard) >= 2)
-        await asyncio.sleep(0.2)
-        by_run = {run_id: (changed, events) for run_id, changed, events in heard}
-        assert by_run["r1"] == (False, small)  # as written, in order
-        assert by_run["r2"] == (False, [])  # announced without them: read the store
-        assert "r3" not in by_run  # not written, not announced
-        assert await a.list_events("r2") == big
-
-        heard.clear()
-        step = StepRecord("r1", "1", StepKind.CHAT, "m", "h", StepStatus.COMPLETED, "{}", None, 1, 1.0, 2.0)
-        tail = [Event("r1", 3, "step", {"seq": "1", "status": "completed"})]
-        await b.record_step(fences["r1"], step, tail, announce=True)
-        await eventually(lambda: heard == [("r1", False, tail)])
-
-
 # fairness -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("slots", [1, 4])
 async def test_one_tenants_burst_does_not_starve_another(postgres_url, slots):

@@ -94,14 +94,6 @@ class EventBus:
         if event.type != "token":
             for tap in self._taps:
                 tap(event)
-        self._deliver(event)
-
-    def relay(self, events: list[Event]) -> None:
-        """Events another process published (and counted): to this process's watchers alone."""
-        for event in events:
-            self._deliver(event)
-
-    def _deliver(self, event: Event) -> None:
         subs = self._subs.get(event.run_id)
         if subs:
             end = event.type == "end"

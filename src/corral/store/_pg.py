@@ -9,10 +9,9 @@ import logging
 import re
 import select
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from json.encoder import encode_basestring as _str  # a str as a JSON string, in C
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -22,9 +21,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 
 from .._aio import woken
-from .._json import loads
 from ..errors import ConfigError, StoreError
-from .base import Event
 from .sql import load_migrations, load_queries
 
 Q = load_queries("postgres")
@@ -38,17 +35,6 @@ MISSING: Any = object()  # what a `verify` returns when the write it checks did 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
 _OPTIONS = ("schema", "pool_min_size", "pool_max_size")
 _PING_SECONDS = 60.0  # the listener's check that its connection is alive when nothing arrives
-_NOTE_BYTES = 7900  # a NOTIFY payload must be shorter than 8000 bytes; events past it stay in the store
-_NOTE_CHARS = _NOTE_BYTES // 4  # ... a text this short is below it in any UTF-8
-
-
-def _carried(run_id: str, text: str) -> list[Event]:
-    """The events a notification carried (`[[id, type, data], ...]`); none if it is not that."""
-    try:
-        return [Event(run_id, int(i), str(kind), data) for i, kind, data in loads(text)]
-    except (ValueError, TypeError) as exc:
-        log.warning("a notification of run %s carried events that are not [[id, type, data]]: %s", run_id, exc)
-        return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +150,9 @@ class Database:
     """The pool, the listener and the retry boundary of one PostgresStore.
 
     `wake(topic)` is called when another process sent a notification, and for every topic after
-    the listener reconnects (whatever was sent meanwhile is lost); `events(run_id, changed, events)`
-    when another process's notification names a run whose events it wrote (`changed`: a topic
-    other than "events", so its status may have changed too; `events`: those it carried, if any).
+    the listener reconnects (whatever was sent meanwhile is lost); `events(run_id, changed)` when
+    another process's notification names a run whose events it wrote (`changed`: a topic other
+    than "events", so its status may have changed too).
     """
 
     def __init__(
@@ -174,7 +160,7 @@ class Database:
         options: PgOptions,
         retry_seconds: float,
         wake: Callable[[str], None],
-        events: Callable[[str, bool, list[Event]], None],
+        events: Callable[[str, bool], None],
     ) -> None:
         self.options = options
         self.schema = options.schema
@@ -236,14 +222,6 @@ class Database:
         """The parameters of the `notify` query for `topic`, naming the run whose events it wrote."""
         payload = f"{topic} {self._sender}" if run_id is None else f"{topic} {self._sender} {run_id}"
         return {"channel": self.channel, "payload": payload}
-
-    def events_note(self, run_id: str, events: Sequence[Event], data: Sequence[str]) -> str:
-        """The payload announcing `events` of `run_id` (`data`: each one's data as JSON text),
-        carrying them when they fit in a notification; else only the run's id (read the store)."""
-        head = f"events {self._sender} {run_id}"
-        body = ",".join(f"[{e.id:d},{_str(e.type)},{d}]" for e, d in zip(events, data, strict=True))
-        payload = f"{head} [{body}]"
-        return payload if len(payload) <= _NOTE_CHARS or len(payload.encode()) < _NOTE_BYTES else head
 
     async def run(
         self,
@@ -353,8 +331,7 @@ class Database:
         if topic in TOPICS:
             self._wake(topic)
         if run_id:
-            run_id, _, carried = run_id.partition(" ")
-            self._events(run_id, topic != "events", _carried(run_id, carried) if carried else [])
+            self._events(run_id, topic != "events")
 
     # migrations ----------------------------------------------------------------------------
     async def upgrade(self) -> list[int]:

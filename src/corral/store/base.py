@@ -202,7 +202,7 @@ class Store(abc.ABC):
 
     def __init__(self) -> None:
         self._listeners: list[Callable[[str], None]] = []
-        self._event_listeners: list[Callable[[str, bool, list[Event]], None]] = []
+        self._event_listeners: list[Callable[[str, bool], None]] = []
 
     def subscribe(self, listener: Callable[[str], None]) -> None:
         """Call `listener(topic)` when work may have become available ("run", "message", "cancel").
@@ -220,17 +220,16 @@ class Store(abc.ABC):
         for listener in self._listeners:
             listener(topic)
 
-    def subscribe_events(self, listener: Callable[[str, bool, list[Event]], None]) -> None:
-        """Call `listener(run_id, changed, events)` when another process wrote events of the run
-        and announced them (PostgreSQL's NOTIFY, when `announces_events`); `changed` when it may
-        also have changed the run's status (ended, released, cancelled), not only added events of
-        a step in flight. `events` are the written events when the announcement carried them (as
-        written, in order), else empty: read the store. Otherwise watchers find them by polling."""
+    def subscribe_events(self, listener: Callable[[str, bool], None]) -> None:
+        """Call `listener(run_id, changed)` when another process wrote events of the run and
+        announced them (PostgreSQL's NOTIFY, when `announces_events`); `changed` when it may also
+        have changed the run's status (ended, released, cancelled), not only added events of a step
+        in flight. Otherwise watchers find them by polling."""
         self._event_listeners.append(listener)
 
-    def _events_written(self, run_id: str, changed: bool, events: list[Event]) -> None:
+    def _events_written(self, run_id: str, changed: bool) -> None:
         for listener in self._event_listeners:
-            listener(run_id, changed, events)
+            listener(run_id, changed)
 
     # lifecycle -----------------------------------------------------------------------------
     @abc.abstractmethod

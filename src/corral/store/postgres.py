@@ -53,7 +53,7 @@ def _step_record(row: DictRow) -> StepRecord:
 _step_params = rows.step_params
 
 
-def _event_params(events: Sequence[Event], now: float) -> dict[str, Any]:
+def _event_params(events: list[Event], now: float) -> dict[str, Any]:
     return {
         "event_runs": [e.run_id for e in events],
         "event_ids": [e.id for e in events],
@@ -202,8 +202,6 @@ class PostgresStore(SessionsMixin, Store):
         params = _step_params(step) | _event_params(events, step.finished_at or step.started_at)
         params |= {"run_id": fence.run_id, "fence_attempt": fence.attempt}
         params |= self._announcement(fence.run_id, announce and bool(events))
-        if params["announce"]:
-            params["payload"] = self._db.events_note(fence.run_id, events, params["event_data"])
 
         async def op(conn: Conn) -> None:
             row = await one(conn, Q["record_step"], params)
@@ -222,14 +220,8 @@ class PostgresStore(SessionsMixin, Store):
         if not batches:
             return set()
         params = _event_params([e for _, events in batches for e in events], time.time())
-        params |= self._announcement("", True)
+        params |= self._announcement("", True)  # the payload ends with the run's id, added per run
         params |= {"fence_runs": [f.run_id for f, _ in batches], "fence_attempts": [f.attempt for f, _ in batches]}
-        notes, data, start = [], params["event_data"], 0
-        if params["announce"]:  # each run's notification carries its events when they fit
-            for fence, events in batches:
-                notes.append(self._db.events_note(fence.run_id, events, data[start : start + len(events)]))
-                start += len(events)
-        params["notes"] = notes or [""] * len(batches)
 
         async def op(conn: Conn) -> set[str]:
             held = {row["id"] for row in await fetch_all(conn, Q["append_events"], params)}

@@ -139,9 +139,8 @@ RETURNING runs.id, runs.cancel_requested;
 
 -- name: append_events
 -- Events of steps in flight of many runs, each run's written only while its attempt holds it;
--- with `announce`, a NOTIFY per run (`notes`, aligned with `fence_runs`) tells the watchers in
--- other processes of them, carrying them when they fit. Returns the runs that were held (the
--- others' events are not written, nor announced).
+-- with `announce`, a NOTIFY per run tells the watchers in other processes to read them. Returns
+-- the runs that were held (the others' events are not written).
 WITH fence AS (
     SELECT r.id FROM runs AS r
       JOIN unnest(%(fence_runs)b::text[], %(fence_attempts)b::integer[]) AS f (id, attempt)
@@ -155,9 +154,7 @@ written AS (
                   %(event_data)b::text[]) AS e (run_id, id, type, data)
      WHERE e.run_id IN (SELECT id FROM fence)
 )
-SELECT f.id, CASE WHEN %(announce)s THEN pg_notify(%(channel)s, n.note) END AS announced
-  FROM fence AS f
-  JOIN unnest(%(fence_runs)b::text[], %(notes)b::text[]) AS n (id, note) ON n.id = f.id;
+SELECT id, CASE WHEN %(announce)s THEN pg_notify(%(channel)s, %(payload)s || id) END AS announced FROM fence;
 
 -- name: fence_lock
 SELECT session_id FROM runs
