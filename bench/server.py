@@ -375,8 +375,9 @@ class _StreamClient(asyncio.Protocol):
                 res.t_meta = res.t_meta or now
             elif name == b"end":
                 return self._finish(None)
-            elif name == b"error":
-                return self._finish("error event")
+            elif name == b"error":  # what the server said, without the parts that differ per run
+                said = text[text.find(b"data: ") + 6 :].decode(errors="replace")
+                return self._finish(f"error event: {re.sub(r'[0-9a-f]{8,}|[0-9.]+', '#', said)[:120]}")
 
     def _finish(self, error: str | None) -> None:
         if error is not None:
