@@ -38,6 +38,8 @@ class RunWatch:
     def __init__(self, app: App, run_id: str, after: int = 0) -> None:
         self.app = app
         self.run_id = run_id
+        # Kept: asyncio.get_running_loop() costs a getpid() system call, and `_direct` runs per token.
+        self._loop = asyncio.get_running_loop()
         self.last = after
         self.ended = False
         self._sub = app.bus.subscribe(run_id)
@@ -63,7 +65,7 @@ class RunWatch:
         if not self._handler(event):
             return False
         self.last = event.id
-        self.live_at = now = asyncio.get_running_loop().time()
+        self.live_at = now = self._loop.time()
         self._poll_at = now + self._poll_every
         return True
 
@@ -74,7 +76,7 @@ class RunWatch:
         self.app.bus.unsubscribe(self._sub)
 
     async def next(self, timeout: float) -> list[Event]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         deadline = loop.time() + timeout
         while not self.ended:
             if self._stale:
