@@ -493,6 +493,9 @@ async def measure_fanout(server: Server, cfg: Config, rate: float, rss: RssSampl
         "events_per_s": len(added) / wall if wall else float("nan"),
         "client_cpu_s": client_cpu,
         "api_cpu_s": api1 - api0,
+        # Everything the API process did over the fan-out (run creation, the end of each run, its
+        # store thread) per token event delivered: steadier than the tail on a shared machine.
+        "api_us_per_event": (api1 - api0) / len(added) * 1e6 if added else float("nan"),
         "worker_cpu_s": worker1 - worker0,
     }
 
@@ -553,6 +556,7 @@ def _metrics(cfg: Config, reps: list[dict[str, Any]]) -> dict[str, Metric]:
             f"start_p99_ms@{rate:g}": fan(f"{t}: request to run start p99", "ms", "start_p99_ms"),
             f"failed_streams@{rate:g}": fan(f"{t}: streams failed or missing tokens", "count", "failed_streams"),
             f"api_cores@{rate:g}": share(f"{t}: API process CPU", "api_cpu_s"),
+            f"api_us_per_event@{rate:g}": fan(f"{t}: API CPU per token event", "us", "api_us_per_event"),
             f"worker_cores@{rate:g}": share(f"{t}: worker process CPU", "worker_cpu_s"),
             f"client_cores@{rate:g}": share(f"{t}: load generator CPU", "client_cpu_s"),
             f"peak_rss_mib@{rate:g}": fan(f"{t}: API peak RSS", "MiB", "peak_rss_mib"),
