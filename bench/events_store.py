@@ -5,10 +5,11 @@
 The EventFlusher writes the tokens of every step in flight once per flush tick, all runs in one
 transaction (engine/flush.py). With `--runs` runs streaming, each tick carries about
 rate x tick events per run. This writes `--events` events for each of `--runs` runs into a
-database that `SQLiteStore` created (its migrations, its `insert_events` statement, WAL,
-synchronous=NORMAL), `--per-commit` events per run per transaction, and reports the CPU time of
-the writing thread per event row: the figure that decides how much of a core SQLite's thread takes
-at a given token rate and flush interval. Results go to bench/results/events_store.json.
+database that `SQLiteStore` created (its migrations; its own `_insert_events`, which encodes and
+inserts a batch as the store does; WAL, synchronous=NORMAL), `--per-commit` events per run per
+transaction, and reports the CPU time of the writing thread per event row: the figure that
+decides how much of a core SQLite's thread takes at a given token rate and flush interval.
+Results go to bench/results/events_store.json.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import time
 import uuid
 from pathlib import Path
 
-import orjson
-from _common import Metric, machine_info, print_table, write_results
+from _common import BENCH_DIR, Metric, machine_info, print_table, write_results
 
-from corral.store.sqlite import Q, SQLiteStore
+from corral.store.base import Event
+from corral.store.sqlite import SQLiteStore, _insert_events
 
 
 def _database(path: Path) -> None:
@@ -51,14 +52,13 @@ def one(runs: int, events: int, per_commit: int) -> float:
         rows, cpu = 0, 0.0
         for first in range(1, events + 1, per_commit):
             batch = [
-                (run_id, n, "token", {"seq": "2", "text": f"tok{n} "})
+                Event(run_id, n, "token", {"seq": "2", "text": f"tok{n} "})
                 for run_id in run_ids
                 for n in range(first, min(first + per_commit, events + 1))
             ]
             started = time.thread_time()
-            text = orjson.dumps(batch).decode()
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(Q["insert_events"], {"events": text, "now": time.time()})
+            _insert_events(conn, batch, time.time())
             conn.execute("COMMIT")
             cpu += time.thread_time() - started
             rows += len(batch)
@@ -91,7 +91,7 @@ def main() -> int:
                 "machine": machine_info(),
             },
         )
-        print(f"\nwrote {path.relative_to(path.parent.parent.parent)}")
+        print(f"\nwrote {path.relative_to(BENCH_DIR.parent)}")
     return 0
 
 
