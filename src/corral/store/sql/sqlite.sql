@@ -78,9 +78,13 @@ SELECT id FROM runs WHERE lease_owner = :owner AND status = 'running' AND cancel
 -- name: fence_check
 SELECT session_id FROM runs WHERE id = :run_id AND attempt = :attempt AND status = 'running';
 
--- name: running_attempts
--- The current attempt of each of the runs named in a JSON array that is running.
-SELECT id, attempt FROM runs WHERE status = 'running' AND id IN (SELECT value FROM json_each(:run_ids));
+-- name: lost_fences
+-- Of the [run_id, attempt] pairs in a JSON array, the runs not running under that attempt (their
+-- attempts lost them): usually none, so the DB thread builds no rows at all.
+SELECT json_extract(f.value, '$[0]') FROM json_each(:fences) AS f
+ WHERE NOT EXISTS (SELECT 1 FROM runs
+                    WHERE id = json_extract(f.value, '$[0]') AND attempt = json_extract(f.value, '$[1]')
+                      AND status = 'running');
 
 -- name: upsert_step
 INSERT INTO steps (run_id, seq, kind, name, input_hash, status, result, error, attempt, started_at, finished_at)
