@@ -301,7 +301,7 @@ class App:
                     if (left := deadline - loop.time()) <= 0:
                         raise TimeoutError(f"run {run_id} did not end within {timeout}s")
                     wait = min(wait, left)
-                await sub.wait(wait)
+                await sub.wait(wait, loop)
                 for item in sub.take():
                     if item is not None and item.type == "end":  # published once the outcome is written
                         data = item.data

@@ -14,18 +14,13 @@ from collections.abc import Callable
 from ..store.base import Event
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 class Subscription:
     """A watcher's bounded buffer. When it overflows, `overflowed` is set and the watcher must
     catch up from the store (events are persisted), so a slow watcher never grows memory.
     `None` in the buffer is a poke: look in the store. `direct(event)`, when set, is offered each
     event while nothing is buffered; it returns True when it has handled the event."""
 
-    __slots__ = ("_waiter", "direct", "ends_only", "items", "maxsize", "overflowed", "run_id")
+    __slots__ = ("_timer", "_waiter", "direct", "ends_only", "items", "maxsize", "overflowed", "run_id")
 
     def __init__(self, run_id: str, maxsize: int, ends_only: bool = False) -> None:
         self.run_id = run_id
@@ -34,6 +29,7 @@ class Subscription:
         self.items: deque[Event | None] = deque()
         self.overflowed = False
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.direct: Callable[[Event], bool] | None = None
 
     def put(self, event: Event | None) -> None:
@@ -52,18 +48,40 @@ class Subscription:
         self.items.clear()
         return items
 
-    async def wait(self, timeout: float) -> None:
-        """Until something is buffered (or overflowed), or `timeout` seconds pass."""
+    async def wait(
+        self,
+        timeout: float,
+        loop: asyncio.AbstractEventLoop | None = None,
+        until: Callable[[], float] | None = None,
+    ) -> None:
+        """Until something is buffered (or overflowed), or `timeout` seconds pass. With `until`,
+        the time is up only at the loop time it returns when asked at the end of `timeout`, and
+        again at that time: a watcher whose deadline moves while it waits (every directly handled
+        event moves it) is not woken to find it has moved. `loop`: the running loop, if the caller
+        has it (asyncio.get_running_loop() costs a system call on Python 3.11)."""
         if self.items or self.overflowed or timeout <= 0:
             return
-        loop = asyncio.get_running_loop()
+        loop = loop or asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _wake, waiter)
+        self._timer = loop.call_later(timeout, self._expire, loop, waiter, until)
         try:
             await waiter
         finally:
-            timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self._waiter = None
+
+    def _expire(
+        self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None], until: Callable[[], float] | None
+    ) -> None:
+        if waiter.done():
+            return
+        if until is not None and (when := until()) > loop.time():
+            self._timer = loop.call_at(when, self._expire, loop, waiter, until)
+            return
+        self._timer = None
+        waiter.set_result(None)
 
 
 class EventBus:

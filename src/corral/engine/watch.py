@@ -108,7 +108,8 @@ class RunWatch:
                 return []
             self._waiting = True
             try:
-                await self._sub.wait(min(deadline, self._poll_at) - now)
+                # Direct events push `_poll_at` on while this waits: the timer follows it.
+                await self._sub.wait(min(deadline, self._poll_at) - now, loop, lambda: min(deadline, self._poll_at))
             finally:
                 self._waiting = False
         return []
