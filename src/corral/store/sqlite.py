@@ -210,8 +210,7 @@ class SQLiteStore(SessionsMixin, Store):
         await self._call(op)
 
     async def append_events(self, batches: Sequence[tuple[Fence, list[Event]]]) -> set[str]:
-        batches = [(fence, events) for fence, events in batches if events]
-        if not batches:
+        if not any(events for _, events in batches):
             return set()
         # Encoded here, on the event loop's thread, so that the DB thread runs two statements and
         # almost no Python: each time it takes the GIL back from a busy loop it can wait a whole
