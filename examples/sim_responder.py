@@ -36,8 +36,8 @@ def respond(request: ChatRequest) -> SimReply | str:
     if last_user.startswith("List "):
         topic = last_user.split("for:", 1)[-1].strip()
         return "\n".join(f"What is {aspect} of: {topic}" for aspect in ("the cause", "the cost", "the fix"))
-    if "Orders:" in last_user:
-        return "Here is what I found: " + last_user.split("Orders:", 1)[1].split("\n")[0].strip()
+    if last_user.startswith("Facts:"):
+        return "Here is what I found: " + last_user.split("\n", 1)[0].removeprefix("Facts:").strip() + "."
     return f"(simulated model) {last_user[:200]}"
 
 

@@ -18,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.append(str(ROOT))  # the example app (`examples`), as `corral serve examples.app:app` imports it
 
 BACKENDS = ["sqlite", "postgres"]
 

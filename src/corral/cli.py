@@ -284,10 +284,8 @@ async def cmd_db_status(args: argparse.Namespace) -> int:
 
 def _banner(app: App, url: str, key: str | None, models: str) -> str:
     """What `corral serve` prints once it listens: the URL, the key and examples to paste."""
-    from .agent import Agent
-
     names = app.agent_names()
-    chat = next((a.name for a in app.agents.values() if isinstance(a, Agent)), names[0] if names else "AGENT")
+    chat = names[0] if names else "AGENT"  # the first registered: the app's own choice of a front door
     shown = key or "$CORRAL_API_KEY"
     body = json.dumps(
         {

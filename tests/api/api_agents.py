@@ -64,15 +64,18 @@ async def _noop() -> None:
     return None
 
 
-def build_app(database_url: str, **overrides: Any) -> App:
+def build_app(
+    database_url: str, agents: list[Any] | None = None, models: dict[str, Any] | None = None, **overrides: Any
+) -> App:
+    """The test agents (or `agents`) on the simulator (or `models`), tuned for quick tests."""
     overrides.setdefault("lease_seconds", 5.0)
     overrides.setdefault("poll_interval", 0.01)
     overrides.setdefault("poll_max", 0.2)
     overrides.setdefault("park_threshold", 0.2)
     overrides.setdefault("sse_heartbeat_seconds", 0.5)
     return App(
-        [chat, slow, hitl, fails, who],
-        models={"default": SimModel(tokens_per_second=500)},
+        agents if agents is not None else [chat, slow, hitl, fails, who],
+        models=models if models is not None else {"default": SimModel(tokens_per_second=500)},
         database_url=database_url,
         **overrides,
     )

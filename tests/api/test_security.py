@@ -9,10 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api_server import serve
 from langgraph_sdk import get_client
 from langgraph_sdk.errors import AuthenticationError
-
-from conftest import serve
 
 HELLO = {"messages": [{"role": "user", "content": "hello"}]}
 

@@ -50,7 +50,7 @@ def test_run_prints_events_then_output_and_exits_zero(db):
 def test_failed_run_exits_non_zero_with_its_status(db):
     proc = corral("run", "examples.app:scripted", "research", "--input", '{"no_question": 1}', db=db)
     assert proc.returncode == 1
-    assert "ended failed" in proc.stderr and "KeyError" in proc.stdout
+    assert "ended failed" in proc.stderr and "research needs a question" in proc.stdout
 
 
 def test_bad_input_gets_a_clear_error(db):
@@ -104,7 +104,12 @@ def test_submit_worker_message_and_runs_show(db, tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert shown["status"] == "succeeded"
-        assert shown["output"] == {"answer": "A human here: refund approved.", "by": "human"}
+        said = "A human here: refund approved."
+        assert shown["output"] == {
+            "answer": said,
+            "by": "human",
+            "messages": [{"role": "assistant", "content": said, "name": "human"}],
+        }
         assert shown["attempts"] == 2  # parked, then resumed by replay
         assert [s["kind"] for s in shown["steps"]] == ["message"]
         table = corral("runs", "show", run_id, db=db, check=True).stdout
