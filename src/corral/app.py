@@ -197,6 +197,12 @@ class App:
     def agents(self) -> dict[str, AnyAgent]:
         return dict(self._agents)
 
+    async def load_models(self) -> None:
+        """Load every route's local weights now, concurrently, rather than at the first call
+        (see ChatModel.load); raises what a model raised, e.g. ConfigError for a missing file."""
+        unique = {id(m): m for m in self._models.values()}
+        await asyncio.gather(*(m.load() for m in unique.values()))
+
     def model(self, route: str) -> ChatModel:
         try:
             return self._models[route]

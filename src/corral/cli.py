@@ -145,6 +145,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             metrics.watch_worker(lambda: (len(worker.active), worker.concurrency))
             server = await serve_metrics(app, metrics, args.metrics_host, args.metrics_port)
             logging.getLogger("corral").info("metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
+        await app.load_models()  # the first run should not wait for the weights, nor find them missing
         print(f"worker {worker.id} ready", flush=True)
         settle_heap()
         try:

@@ -123,7 +123,8 @@ def create_api(app: App, *, worker: bool = True, auth: bool = True, close_app: b
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         await app.open()
         task: asyncio.Task[Any] | None = None
-        if worker:
+        if worker:  # this process executes runs: it is ready once its models are
+            state.models_loading = state.spawn(app.load_models(), name="corral-load-models")
             state.worker = w = app.worker()
             metrics.watch_worker(lambda: (len(w.active), w.concurrency))
             task = asyncio.create_task(w.run(), name="corral-api-worker")

@@ -33,6 +33,7 @@ class ApiState:
     attached: Counter[str] = field(default_factory=Counter)  # streams and waits reading a run, by run id
     keys: KeyCache = field(default_factory=KeyCache)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    models_loading: asyncio.Task[None] | None = None  # App.load_models, when this process runs a worker
     _agents: dict[str, AnyAgent] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

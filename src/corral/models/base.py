@@ -177,6 +177,10 @@ class ChatModel(abc.ABC):
                 return item
         raise RuntimeError(f"model {self.name} ended its stream without a response")
 
+    async def load(self) -> None:  # noqa: B027 - optional hook
+        """Get ready to answer: local weights into memory (the embedded model). Remote providers
+        have nothing to load; whether they answer is the router's business, not readiness's."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has none."""
 

@@ -197,6 +197,12 @@ class Router(ChatModel):
             "endpoints": endpoints,
         }
 
+    async def load(self) -> None:
+        """Load every endpoint's model (a failover to the embedded model must not wait for it)."""
+        await asyncio.gather(
+            *(s.endpoint.model.load() for s in self._slots + ([self._fallback] if self._fallback else []))
+        )
+
     async def aclose(self) -> None:
         for slot in self._slots + ([self._fallback] if self._fallback else []):
             await slot.endpoint.model.aclose()

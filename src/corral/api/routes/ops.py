@@ -25,13 +25,23 @@ async def ok() -> dict[str, bool]:
 
 @router.get("/ready", response_model=None)
 async def ready(state: State) -> dict[str, Any] | JSONResponse:
-    """Readiness: the store answers within 2 seconds."""
+    """Readiness: the store answers within 2 seconds and, where this process runs a worker, its
+    models are loaded (the embedded model's weights are in memory)."""
+    loading = state.models_loading
+    if loading is not None and not loading.done():
+        return _unready("models are loading")
+    if loading is not None and not loading.cancelled() and (exc := loading.exception()) is not None:
+        return _unready(f"models failed to load: {exc}")
     try:
         async with asyncio.timeout(2.0):
             await state.app.store.stats(time.time())
     except (StoreError, TimeoutError) as exc:
-        return JSONResponse({"ok": False, "detail": f"store unreachable: {exc}"}, status_code=503)
+        return _unready(f"store unreachable: {exc}")
     return {"ok": True}
+
+
+def _unready(detail: str) -> JSONResponse:
+    return JSONResponse({"ok": False, "detail": detail}, status_code=503)
 
 
 @router.get("/info")
