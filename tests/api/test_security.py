@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 
 import httpx
@@ -182,5 +180,8 @@ async def test_full_queues_answer_429_with_retry_after(small):
         metrics = (await a.get("/metrics")).text
         assert 'corral_admission_rejected_total{cap="tenant"} 1.0' in metrics
         assert 'corral_admission_rejected_total{cap="total"} 1.0' in metrics
-    await asyncio.sleep(0)
-    assert json.dumps(scaling)
+        # a refused run on a thread it would have created leaves no thread behind
+        r = await a.post("/threads/fresh/runs", json={**body, "if_not_exists": "create"})
+        assert r.status_code == 429
+        assert (await a.get("/threads/fresh")).status_code == 404
+        assert (await a.get("/corral/scaling")).json()["queued"] == 3
