@@ -71,10 +71,18 @@ async def test_another_tenants_ids_answer_404_everywhere(server):
         ("GET", "/store/items?namespace=notes&key=secret", None),
     ]
     async with _http(server, server.keys["b"]) as bob:
+        own = (await bob.post("/threads", json={})).json()["thread_id"]
+        routes += [  # a's run under b's own thread
+            ("GET", f"/threads/{own}/runs/{rid}", None),
+            ("GET", f"/threads/{own}/runs/{rid}/join", None),
+            ("GET", f"/threads/{own}/runs/{rid}/stream", None),
+            ("POST", f"/threads/{own}/runs/{rid}/cancel", None),
+            ("DELETE", f"/threads/{own}/runs/{rid}", None),
+        ]
         for method, path, body in routes:
             r = await bob.request(method, path, json=body)
             assert r.status_code == 404, (method, path, r.status_code, r.text)
-        assert (await bob.post("/threads/search", json={})).json() == []
+        assert [t["thread_id"] for t in (await bob.post("/threads/search", json={})).json()] == [own]
         assert (await bob.post("/store/items/search", json={"namespace_prefix": ["notes"]})).json() == {"items": []}
         assert (await bob.post("/store/namespaces", json={})).json() == {"namespaces": []}
         r = await bob.request("DELETE", "/store/items", json={"namespace": ["notes"], "key": "secret"})
