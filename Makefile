@@ -12,7 +12,9 @@ DB     ?= sqlite:///./corral.db
 # built portable (AVX2 on x86-64) once, kept beside pip's cache under a name of the flags (pip's
 # own cache would hand back a native build), and installed before the extras ask for it.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
-LLAMA_WHEELS = $(shell $(BIN)/python -m pip cache dir 2>/dev/null || echo $(VENV))/corral-llama-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+# The interpreter that makes the virtualenv names the cache, so the place is the same before and
+# after .venv exists (asking .venv's pip put the first build where later runs did not look).
+LLAMA_WHEELS := $(shell $(PYTHON) -m pip cache dir 2>/dev/null || echo $(HOME)/.cache/corral)/corral-llama-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,10 +39,20 @@ lint: install
 test: install lint
 	$(BIN)/pytest -q
 
-bench: install  # PostgreSQL rows need CORRAL_TEST_POSTGRES_URL; without it they say n/a
+# The LangGraph API server, the peer of bench/server.py, in a virtualenv of its own: it pins
+# packages that the test tools need newer (jsonschema-rs), and it runs as a separate process anyway.
+LANGGRAPH_API := $(VENV)/peers/langgraph-api
+
+$(LANGGRAPH_API)/bin/langgraph:
+	$(PYTHON) -m venv $(LANGGRAPH_API)
+	$(LANGGRAPH_API)/bin/python -m pip install -q --upgrade pip
+	$(LANGGRAPH_API)/bin/python -m pip install -q 'langgraph-cli[inmem]>=0.4' 'langgraph>=1.2'
+
+bench: install $(LANGGRAPH_API)/bin/langgraph  # PostgreSQL rows need CORRAL_TEST_POSTGRES_URL; without it they say n/a
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/peers.py
+	$(BIN)/python bench/server.py --langgraph-cli $(LANGGRAPH_API)/bin/langgraph
 
 clean:
 	rm -rf $(VENV) corral.db corral.db-wal corral.db-shm .pytest_cache .ruff_cache

@@ -1,7 +1,7 @@
 """API server benchmark (issue 5): run creation rate, time to first streamed event, and the added
 latency of token events with many concurrent streaming clients on one API process.
 
-    python bench/server.py [--clients 1000] [--rates 5,10,20] [--topology embedded,split]
+    python bench/server.py [--clients 1000] [--rates 5,10,20] [--topology embedded,langgraph,split]
                            [--repeat N] [--quick] [--no-write] [--env CORRAL_X=V ...]
 
 Each repetition starts, on 127.0.0.1 with SQLite in a temporary directory, either ONE `corral serve`
@@ -9,10 +9,17 @@ process that also executes the runs (`embedded`, CORRAL_CONCURRENCY=1000), or a 
 --no-worker` API process and one `corral worker --concurrency 1000` (`split`, the fleet's shape;
 `--relay redis` adds CORRAL_REDIS_URL to both). It serves `bench/server_app.py`: one chat Agent
 per rate R in `--rates` whose SimModel streams R words a second for `--stream-seconds`, each word
-stamped with the moment a provider would have had it ready. This process drives it over HTTP:
+stamped with the moment a provider would have had it ready. The peer, `langgraph`, is the
+LangGraph API server as `langgraph dev --n-jobs-per-worker 1000` runs it (its in-memory runtime,
+one process: LangGraph's production server needs a license key and Docker) serving the same
+agents as graphs (`bench/server_langgraph_app.py`); it speaks the same protocol, so the same
+client measures both, and each Corral metric shows LangGraph's figure and the ratio beside it.
+This process drives them over HTTP:
 
-- create: `--create-clients` httpx clients POST /threads/{id}/runs (background, agent `noop`) as
-  fast as they can for `--create-seconds`; runs created per second (2xx answers / elapsed).
+- create: 4 httpx clients POST /threads/{id}/runs (background, agent `noop`, `enqueue`, cycling
+  over 64 threads) as fast as they can for 5 s (3 with --quick); runs created per second (2xx
+  answers / elapsed), and created and finished per second (until none of them is pending or
+  running: the next phase starts on an idle server).
 - first event: one stream at a time, POST /runs/stream (stream_mode messages-tuple); time to the
   first SSE event (metadata) and to the first `messages` token event (includes the SimModel's ttft).
 - fanout, per rate: `--clients` clients each stream one run (messages-tuple), their starts spread
@@ -60,10 +67,12 @@ try:
 except ImportError:  # pragma: no cover - a dependency of corral on Linux and macOS
     uvloop = None
 from _common import BENCH_DIR, Metric, machine_info, percentile, postgres_database, print_table, write_results
-from server_app import rate_name, tokens_at
+from server_workload import graph_attribute, rate_name, tokens_at
 
 TOKEN_RE = re.compile(rb'"content":"tok(\d+)@([0-9.]+) ?"')
 TARGET_ADDED_P99_MS = "< 10"
+# Where `make bench` installs the LangGraph API server (a virtualenv of its own, see the Makefile).
+LANGGRAPH_CLI = BENCH_DIR.parent / ".venv" / "peers" / "langgraph-api" / "bin" / "langgraph"
 
 
 @dataclass
@@ -74,7 +83,7 @@ class Config:
     stream_seconds: float
     ttft: float
     ramp: float
-    topology: str  # "embedded": one process; "split": an API process and a worker process
+    topology: str  # "embedded": one process; "split": an API process and a worker process; "langgraph": the peer
     relay: str  # split: how events cross from the worker: "store" or "redis"
     redis_url: str | None
     pg_url: str | None  # split: on a fresh database of this PostgreSQL server; None: SQLite
@@ -82,6 +91,7 @@ class Config:
     create_clients: int
     first_event_samples: int
     server_env: dict[str, str] = field(default_factory=dict)  # --env: settings for the server processes
+    langgraph_cli: Path = LANGGRAPH_CLI  # the peer's `langgraph` command
 
 
 # --- the server processes -------------------------------------------------------------------------
@@ -193,14 +203,16 @@ def serve(cfg: Config) -> Iterator[Server]:
         if cfg.topology == "split" and cfg.relay == "redis":
             env["CORRAL_REDIS_URL"] = cfg.redis_url or ""
         env.update(cfg.server_env)
-        key = subprocess.run(
-            _corral("keys", "create", "--tenant", "bench", "--principal", "bench"),
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout.strip()
+        key = "none"  # the LangGraph dev server has no auth and ignores the header
+        if cfg.topology != "langgraph":
+            key = subprocess.run(
+                _corral("keys", "create", "--tenant", "bench", "--principal", "bench"),
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout.strip()
         port = _free_port()
         log = (Path(tmp) / "server.log").open("wb")
         procs: list[subprocess.Popen[bytes]] = []
@@ -213,7 +225,10 @@ def serve(cfg: Config) -> Iterator[Server]:
             return proc
 
         worker = None
-        if cfg.topology == "split":
+        if cfg.topology == "langgraph":
+            api = start_langgraph(cfg.langgraph_cli, Path(tmp), port, env, log)
+            procs.append(api)
+        elif cfg.topology == "split":
             worker = start("worker", "server_app:app", "--concurrency", "1000")
             api = start("serve", "server_app:app", "--no-worker", "--host", "127.0.0.1", "--port", str(port))
         else:
@@ -235,6 +250,33 @@ def serve(cfg: Config) -> Iterator[Server]:
             for proc in reversed(procs):
                 _stop(proc)
             log.close()
+
+
+def start_langgraph(cli: Path, tmp: Path, port: int, env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
+    """`langgraph dev` serving bench/server_langgraph_app.py's graphs, with 1,000 runs at once."""
+    app = BENCH_DIR / "server_langgraph_app.py"
+    rates = [float(r) for r in env["BENCH_RATES"].split(",")]
+    graphs = {"noop": "noop", **{rate_name(r): graph_attribute(r) for r in rates}}
+    config = tmp / "langgraph.json"
+    config.write_text(
+        json.dumps({"dependencies": [str(BENCH_DIR)], "graphs": {g: f"{app}:{v}" for g, v in graphs.items()}})
+    )
+    # --allow-blocking turns off blockbuster, the dev server's detector of blocking calls, which
+    # wraps every socket and file call: LangGraph's production server does not run it.
+    args = ["dev", "--no-browser", "--no-reload", "--allow-blocking", "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--n-jobs-per-worker", "1000", "--config", str(config), "--server-log-level", "WARNING"]
+    env = {**env, "LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1"}
+    return subprocess.Popen(
+        [str(cli), *args], cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def peer_versions(cli: Path) -> dict[str, str]:
+    """The versions of the LangGraph packages beside `cli`, for the record."""
+    names = ["langgraph-api", "langgraph-runtime-inmem", "langgraph"]
+    code = "import importlib.metadata as m, sys; print(*(m.version(n) for n in sys.argv[1:]))"
+    out = subprocess.run([str(cli.with_name("python")), "-c", code, *names], capture_output=True, text=True, timeout=60)
+    return dict(zip(names, out.stdout.split(), strict=False)) if out.returncode == 0 else {}
 
 
 def _tail(tmp: str) -> str:
@@ -277,10 +319,11 @@ def _client(server: Server, connections: int) -> httpx.AsyncClient:
 
 
 async def measure_create(server: Server, cfg: Config) -> dict[str, float]:
-    """Background runs created per second by a few concurrent clients, each on its own thread."""
+    """Background runs created per second by a few concurrent clients, each cycling over threads
+    of its own (runs on one thread execute one after another, as `enqueue` says)."""
     async with _client(server, cfg.create_clients) as http:
         threads = []
-        for _ in range(cfg.create_clients):
+        for _ in range(CREATE_THREADS):
             r = await http.post("/threads", json={})
             r.raise_for_status()
             threads.append(r.json()["thread_id"])
@@ -288,10 +331,12 @@ async def measure_create(server: Server, cfg: Config) -> dict[str, float]:
         end = time.monotonic() + cfg.create_seconds
         start = time.monotonic()
 
-        async def one(thread_id: str) -> None:
+        async def one(mine: list[str]) -> None:
             nonlocal ok, errors
             body = {"assistant_id": "noop", "input": {"messages": []}, "multitask_strategy": "enqueue"}
+            turn = 0
             while time.monotonic() < end:
+                thread_id, turn = mine[turn % len(mine)], turn + 1
                 try:
                     r = await http.post(f"/threads/{thread_id}/runs", json=body)
                     if r.status_code < 300:
@@ -301,9 +346,35 @@ async def measure_create(server: Server, cfg: Config) -> dict[str, float]:
                 except httpx.HTTPError:
                     errors += 1
 
-        await asyncio.gather(*(one(t) for t in threads))
+        await asyncio.gather(*(one(threads[i :: cfg.create_clients]) for i in range(cfg.create_clients)))
         elapsed = time.monotonic() - start
-    return {"runs_per_s": ok / elapsed, "created": ok, "errors": errors}
+        drain = await drained(http, threads)
+    return {
+        "runs_per_s": ok / elapsed,
+        "created": ok,
+        "errors": errors,
+        "drain_s": drain,
+        "done_per_s": ok / (elapsed + drain),
+    }
+
+
+async def drained(http: httpx.AsyncClient, threads: list[str], limit: float = 600.0) -> float:
+    """Seconds until no run of `threads` is pending or running (what the next phase must not share
+    the server with); NaN past `limit`."""
+    start = time.monotonic()
+    pending = set(threads)
+    while pending and time.monotonic() - start < limit:
+        for thread_id in list(pending):
+            busy = False
+            for status in ("pending", "running"):
+                r = await http.get(f"/threads/{thread_id}/runs", params={"status": status, "limit": 1})
+                r.raise_for_status()
+                busy = busy or bool(r.json())
+            if not busy:
+                pending.discard(thread_id)
+        if pending:
+            await asyncio.sleep(0.1)
+    return time.monotonic() - start if not pending else float("nan")
 
 
 @dataclass
@@ -328,6 +399,7 @@ def stream_body(rate: float, *, cancel_on_disconnect: bool = False) -> bytes:
     return json.dumps(body).encode()
 
 
+CREATE_THREADS = 64  # the create phase's threads, shared out among its clients
 STREAM_TIMEOUT = 300.0  # a stream that has not ended by then counts as failed; the run goes on
 
 
@@ -342,6 +414,7 @@ class _StreamClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.head = True
+        self.sep: bytes | None = None  # between events, from the first event's line end (LangGraph's is CRLF)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -358,12 +431,19 @@ class _StreamClient(asyncio.Protocol):
                 return self._finish(f"HTTP {status}")
             if b"chunked" not in head.lower():
                 return self._finish("not a chunked response")
-        *events, self.buf = buf.split(b"\n\n")
+        ended = buf.endswith(b"\r\n0\r\n\r\n")  # the last chunk: LangGraph ends a stream without `end`
+        if self.sep is None:
+            at = buf.find(b"event: ")
+            if at < 0 or (eol := buf.find(b"\n", at)) < 0:
+                self.buf = buf
+                return self._finish("no event") if ended else None
+            self.sep = b"\r\n\r\n" if buf[eol - 1 : eol] == b"\r" else b"\n\n"
+        *events, self.buf = buf.split(self.sep)
         for text in events:
             at = text.find(b"event: ")
             if at < 0:
-                continue  # a heartbeat comment
-            name = text[at + 7 : text.find(b"\n", at)]
+                continue  # a heartbeat comment, or chunk framing
+            name = text[at + 7 : text.find(b"\n", at)].rstrip(b"\r")
             if res.t_first_event is None:
                 res.t_first_event = now
             if name == b"messages":
@@ -378,6 +458,8 @@ class _StreamClient(asyncio.Protocol):
             elif name == b"error":  # what the server said, without the parts that differ per run
                 said = text[text.find(b"data: ") + 6 :].decode(errors="replace")
                 return self._finish(f"error event: {re.sub(r'[0-9a-f]{8,}|[0-9.]+', '#', said)[:120]}")
+        if ended:
+            self._finish(None)
 
     def _finish(self, error: str | None) -> None:
         if error is not None:
@@ -520,6 +602,24 @@ async def repetition(cfg: Config) -> dict[str, Any]:
 
 # --- main -----------------------------------------------------------------------------------------
 
+# topology -> (label, what runs); a label names its entry in server.json
+LABELS = {
+    "embedded": ("embedded ({store})", "one `corral serve` process"),
+    "split": ("split ({store}, {relay})", "`corral serve --no-worker` + `corral worker`"),
+    "langgraph": ("langgraph dev (in-memory)", "`langgraph dev --n-jobs-per-worker 1000`, one process"),
+}
+
+
+def compare(metrics: dict[str, Metric], peer: dict[str, Metric]) -> None:
+    """Set each metric's `peers` to the peer's median and the ratio peer / Corral."""
+    for key, m in metrics.items():
+        other = peer.get(key)
+        if other is None or not m.values or not other.values:
+            continue
+        mine, theirs = m.summary()["median"], other.summary()["median"]
+        ratio = f" ({theirs / mine:.3g}x)" if mine else ""
+        m.peers = f"langgraph {theirs:.4g}{ratio}"
+
 
 def _metrics(cfg: Config, reps: list[dict[str, Any]]) -> dict[str, Metric]:
     def one(name: str, unit: str, part: str, key: str, **kw: Any) -> Metric:
@@ -527,6 +627,7 @@ def _metrics(cfg: Config, reps: list[dict[str, Any]]) -> dict[str, Metric]:
 
     metrics = {
         "runs_created_per_s": one("runs created /s", "runs/s", "create", "runs_per_s", higher_is_better=True),
+        "runs_done_per_s": one("runs created and finished /s", "runs/s", "create", "done_per_s", higher_is_better=True),
         "first_event_p50_ms": one("first SSE event p50", "ms", "first", "first_event_p50_ms"),
         "first_event_p99_ms": one("first SSE event p99", "ms", "first", "first_event_p99_ms"),
         "first_token_p50_ms": one(f"first token p50 (ttft {cfg.ttft:g}s)", "ms", "first", "first_token_p50_ms"),
@@ -572,7 +673,9 @@ def main() -> int:
     parser.add_argument("--ramp", type=float, default=None, help="spread the clients' starts over this (default 10)")
     parser.add_argument("--ttft", type=float, default=0.1, help="SimModel ttft in seconds (default 0.1)")
     parser.add_argument(
-        "--topology", default="embedded", help="embedded (one process), split (API + worker processes), or both"
+        "--topology",
+        default="embedded,langgraph",
+        help="a list of: embedded (one corral process), split (API + worker processes), langgraph (the peer)",
     )
     parser.add_argument("--relay", choices=["store", "redis"], default=None, help="split: events via (default redis)")
     parser.add_argument("--redis-url", default=os.environ.get("CORRAL_TEST_REDIS_URL"), help="for --relay redis")
@@ -584,6 +687,9 @@ def main() -> int:
     parser.add_argument(
         "--env", action="append", default=[], metavar="CORRAL_X=V", help="a server setting (repeatable)"
     )
+    parser.add_argument(
+        "--langgraph-cli", type=Path, default=LANGGRAPH_CLI, help="the peer's `langgraph` (make bench installs it)"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/server.json")
     args = parser.parse_args()
     relay = args.relay or ("redis" if args.redis_url else "store")
@@ -593,8 +699,13 @@ def main() -> int:
     server_env = dict(item.partition("=")[::2] for item in args.env)
     if any(not k.startswith("CORRAL_") for k in server_env):
         parser.error("--env takes CORRAL_NAME=VALUE")
-    if not topologies or set(topologies) - {"embedded", "split"}:
-        parser.error("--topology takes embedded, split or both")
+    if not topologies or set(topologies) - set(LABELS):
+        parser.error(f"--topology takes a list of {', '.join(LABELS)}")
+    if "langgraph" in topologies and not args.langgraph_cli.exists():
+        parser.error(
+            f"the langgraph peer needs the LangGraph API server at {args.langgraph_cli}: `make bench` installs it "
+            "(or pass --langgraph-cli, or --topology embedded)"
+        )
     base = Config(
         clients=args.clients or (100 if args.quick else 1000),
         repeat=args.repeat or (1 if args.quick else 3),
@@ -610,6 +721,7 @@ def main() -> int:
         create_clients=4,
         first_event_samples=20 if args.quick else 50,
         server_env=server_env,
+        langgraph_cli=args.langgraph_cli,
     )
     info = machine_info()
     print(
@@ -619,14 +731,13 @@ def main() -> int:
         flush=True,
     )
     results: dict[str, Any] = {}
+    measured: dict[str, dict[str, Metric]] = {}
     rows: list[tuple[str, Metric | str]] = []
     for topology in topologies:
         cfg = replace(base, topology=topology)
         store = "postgres" if topology == "split" and cfg.pg_url else "sqlite"
-        label = f"embedded ({store})" if topology == "embedded" else f"split ({store}, {relay})"
-        what = (
-            "one `corral serve` process" if topology == "embedded" else "`corral serve --no-worker` + `corral worker`"
-        )
+        label, what = LABELS[topology]
+        label = label.format(store=store, relay=relay)
         print(f"\n{label}: {what}", flush=True)
         reps: list[dict[str, Any]] = []
         failures: list[str] = []
@@ -650,13 +761,22 @@ def main() -> int:
             print(" | ".join(line), flush=True)
             reps.append(rep)
         metrics = _metrics(cfg, reps) if reps else {}
-        if topology == "embedded":
+        if topology != "split":  # one process
             for key in [k for k in metrics if k.startswith("worker_cores@")]:
                 del metrics[key]
-        rows.extend((label, m) for m in metrics.values())
+        measured[label] = metrics
+        rows.extend((label, m) for m in metrics.values())  # printed at the end: peers fill in until then
         rows.extend((label, f"note: {f}") for f in failures)
         results[label] = {
-            "config": {**asdict(cfg), "pg_url": None, "redis_url": None, "concurrency": 1000, "store": store},
+            "config": {
+                **asdict(cfg),
+                "pg_url": None,
+                "redis_url": None,
+                "langgraph_cli": None,
+                "concurrency": 1000,
+                "store": store if topology != "langgraph" else "memory",
+                **({"versions": peer_versions(cfg.langgraph_cli)} if topology == "langgraph" else {}),
+            },
             "metrics": {k: m.to_json() for k, m in metrics.items()},
             "repetitions": reps,
             "failures": failures,
@@ -667,6 +787,13 @@ def main() -> int:
     ]
     if base.clients < 1000:
         notes.append(f"ran {base.clients} clients, not 1,000")
+    measured_peer = LABELS["langgraph"][0]
+    if measured_peer in measured:
+        notes.append("peers: LangGraph's figure (langgraph dev, in-memory) and its ratio to Corral's one process")
+        for label, metrics in measured.items():
+            if label.startswith("embedded"):  # the same shape: one process serving and executing
+                compare(metrics, measured[measured_peer])
+                results[label]["metrics"] = {k: m.to_json() for k, m in metrics.items()}
     rows.extend(("", f"note: {n}") for n in notes)
     print_table("\nAPI server benchmark (one API process)", rows)
     if not args.no_write:

@@ -12,26 +12,14 @@ finally takes it would hide it. `noop` returns at once. Served as `corral serve 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from server_workload import RATES, TTFT, rate_name, stamped, tokens_at
+
 from corral import Agent, App, Context, Limits, SimModel, agent
 from corral.models.base import ChatRequest, ChatResponse, Delta
-
-RATES = [float(r) for r in os.environ.get("BENCH_RATES", "20").split(",")]
-STREAM_SECONDS = float(os.environ.get("BENCH_STREAM_SECONDS", "2.5"))
-TTFT = float(os.environ.get("BENCH_TTFT", "0.1"))
-
-
-def rate_name(rate: float) -> str:
-    return f"chat-{rate:g}"
-
-
-def tokens_at(rate: float, seconds: float = STREAM_SECONDS) -> int:
-    """Tokens in one reply at `rate` tokens a second (the first at ttft, the last `seconds` later)."""
-    return max(1, round(rate * seconds) + 1)
 
 
 class StampedSim(SimModel):
@@ -42,7 +30,7 @@ class StampedSim(SimModel):
         async for item in super().stream(request):
             if isinstance(item, Delta):
                 word = item.text.rstrip(" ")
-                item = Delta(f"{word}@{start + i * gap:.6f}{item.text[len(word) :]}")
+                item = Delta(f"{stamped(i, start + i * gap)}{item.text[len(word) :]}")
                 i += 1
             yield item
 
