@@ -52,7 +52,11 @@ bench: install $(LANGGRAPH_API)/bin/langgraph  # PostgreSQL rows need CORRAL_TES
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/peers.py
-	$(BIN)/python bench/server.py --langgraph-cli $(LANGGRAPH_API)/bin/langgraph
+	$(BIN)/python bench/server.py
+	$(BIN)/python bench/server.py --topology embedded,langgraph --rates 5 --output server-langgraph-1000 \
+	  --langgraph-cli $(LANGGRAPH_API)/bin/langgraph
+	$(BIN)/python bench/server.py --topology embedded,langgraph --clients 100 --rates 5,20 --ramp 2 \
+	  --output server-langgraph-100 --langgraph-cli $(LANGGRAPH_API)/bin/langgraph
 
 clean:
 	rm -rf $(VENV) corral.db corral.db-wal corral.db-shm .pytest_cache .ruff_cache

@@ -2,7 +2,7 @@
 latency of token events with many concurrent streaming clients on one API process.
 
     python bench/server.py [--clients 1000] [--rates 5,10,20] [--topology embedded,langgraph,split]
-                           [--repeat N] [--quick] [--no-write] [--env CORRAL_X=V ...]
+                           [--repeat N] [--quick] [--output NAME] [--no-write] [--env CORRAL_X=V ...]
 
 Each repetition starts, on 127.0.0.1 with SQLite in a temporary directory, either ONE `corral serve`
 process that also executes the runs (`embedded`, CORRAL_CONCURRENCY=1000), or a `corral serve
@@ -35,7 +35,8 @@ Streams are read by a minimal asyncio HTTP/1.1 client (see `_StreamClient`) so t
 generator, on the same cores, takes as little CPU from the server as it can; its CPU time is
 reported beside the figures. The server's access log goes to a file in the temporary directory.
 Results are the median, min and max over repetitions, printed as a table and written to
-bench/results/server.json (a topology run replaces its own entry there and keeps the others).
+bench/results/<--output>.json, server.json by default (a topology run replaces its own entry
+there and keeps the others).
 """
 
 from __future__ import annotations
@@ -234,13 +235,14 @@ def serve(cfg: Config) -> Iterator[Server]:
         else:
             api = start("serve", "server_app:app", "--host", "127.0.0.1", "--port", str(port))
         url = f"http://127.0.0.1:{port}"
+        probe = "/ok" if cfg.topology == "langgraph" else "/ready"  # Corral's is ready once its models are loaded
         try:
             deadline = time.monotonic() + 30
             while True:
                 if any(p.poll() is not None for p in procs):
                     raise RuntimeError(f"a server process exited: {_tail(tmp)}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
+                    if httpx.get(f"{url}{probe}", timeout=1).status_code == 200:
                         break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the server did not start: {_tail(tmp)}")
@@ -674,7 +676,7 @@ def main() -> int:
     parser.add_argument("--ttft", type=float, default=0.1, help="SimModel ttft in seconds (default 0.1)")
     parser.add_argument(
         "--topology",
-        default="embedded,langgraph",
+        default="embedded",
         help="a list of: embedded (one corral process), split (API + worker processes), langgraph (the peer)",
     )
     parser.add_argument("--relay", choices=["store", "redis"], default=None, help="split: events via (default redis)")
@@ -690,7 +692,8 @@ def main() -> int:
     parser.add_argument(
         "--langgraph-cli", type=Path, default=LANGGRAPH_CLI, help="the peer's `langgraph` (make bench installs it)"
     )
-    parser.add_argument("--no-write", action="store_true", help="do not write bench/results/server.json")
+    parser.add_argument("--output", default="server", help="the results' name: bench/results/<output>.json")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results/<output>.json")
     args = parser.parse_args()
     relay = args.relay or ("redis" if args.redis_url else "store")
     if relay == "redis" and not args.redis_url:
@@ -801,10 +804,10 @@ def main() -> int:
         for entry in results.values():
             entry["machine"] = info
             entry["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        previous = BENCH_DIR / "results" / "server.json"
+        previous = BENCH_DIR / "results" / f"{args.output}.json"
         kept = json.loads(previous.read_text()).get("topologies", {}) if previous.exists() else {}
         path = write_results(
-            "server",
+            args.output,
             {"benchmark": "server", "topologies": {**kept, **results}, "notes": notes},
         )
         print(f"\nwrote {path.relative_to(BENCH_DIR.parent)}")

@@ -42,7 +42,9 @@ async def noop(ctx: Context, input: Any) -> dict[str, Any]:
 
 
 agents: list[Any] = [noop]
-models = {}
+# No agent here uses the `default` route; set, it keeps the CLI from filling it with the embedded
+# model, which every process would load at start (and carry: ~175 MB).
+models: dict[str, Any] = {"default": SimModel()}
 for rate in RATES:
     reply = " ".join(f"tok{i}" for i in range(tokens_at(rate)))
     models[rate_name(rate)] = StampedSim(replies=[reply], ttft=TTFT, tokens_per_second=rate)
