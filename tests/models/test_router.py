@@ -433,3 +433,21 @@ async def test_a_stream_broken_mid_way_fails_the_step_cleanly(openai_server: Fak
     assert result.error is not None
     assert result.error["error_type"] == "StreamBroken"
     assert result.error["step"].endswith(" chat:default")  # the failed step is named
+
+
+async def test_loading_a_route_loads_every_endpoint_and_the_context_fallback(tmp_path) -> None:
+    """What readiness waits for: a failover to an embedded model must not find its weights missing."""
+    from corral.errors import ConfigError
+    from corral.models.llamacpp import LlamaCppModel
+
+    missing = tmp_path / "missing.gguf"
+    for r in (
+        Router("r", [SimModel(), LlamaCppModel(missing)]),
+        Router("r", [SimModel()], context_fallback=LlamaCppModel(missing)),
+    ):
+        with pytest.raises(ConfigError, match="no model file"):
+            await r.load()
+    await Router("r", [SimModel(), SimModel()]).load()  # nothing local: nothing to do
+    app = App([Agent("a")], models={"default": Router("default", [LlamaCppModel(missing)])})
+    with pytest.raises(ConfigError, match="no model file"):
+        await app.load_models()

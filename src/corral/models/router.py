@@ -159,10 +159,9 @@ class Router(ChatModel):
 
     def breaker(self, endpoint: str | int) -> CircuitBreaker:
         """The breaker of an endpoint, by position or name (the context fallback by its name)."""
-        slots = self._slots + ([self._fallback] if self._fallback else [])
         if isinstance(endpoint, int):
             return self._slots[endpoint].breaker
-        for s in slots:
+        for s in self._every_slot():
             if s.endpoint.name == endpoint:
                 return s.breaker
         raise KeyError(endpoint)
@@ -199,13 +198,15 @@ class Router(ChatModel):
 
     async def load(self) -> None:
         """Load every endpoint's model (a failover to the embedded model must not wait for it)."""
-        await asyncio.gather(
-            *(s.endpoint.model.load() for s in self._slots + ([self._fallback] if self._fallback else []))
-        )
+        await asyncio.gather(*(s.endpoint.model.load() for s in self._every_slot()))
 
     async def aclose(self) -> None:
-        for slot in self._slots + ([self._fallback] if self._fallback else []):
+        for slot in self._every_slot():
             await slot.endpoint.model.aclose()
+
+    def _every_slot(self) -> list[_Slot]:
+        """The endpoints in order, then the context fallback if there is one."""
+        return self._slots + ([self._fallback] if self._fallback else [])
 
     # the call ------------------------------------------------------------------------------
     async def stream(self, request: ChatRequest) -> AsyncIterator[Delta | ChatResponse]:
