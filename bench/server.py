@@ -45,6 +45,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -619,7 +620,10 @@ def compare(metrics: dict[str, Metric], peer: dict[str, Metric]) -> None:
         if other is None or not m.values or not other.values:
             continue
         mine, theirs = m.summary()["median"], other.summary()["median"]
-        ratio = f" ({theirs / mine:.3g}x)" if mine else ""
+        if math.isnan(theirs):  # nothing to compare: e.g. no second in which all of the peer's streams ran
+            m.peers = "langgraph -"
+            continue
+        ratio = f" ({theirs / mine:.3g}x)" if mine and not math.isnan(mine) else ""
         m.peers = f"langgraph {theirs:.4g}{ratio}"
 
 
